@@ -1,0 +1,78 @@
+"""Policies: what to measure next (baselines, BoTorch, Ax, RL) and what data to keep (novelty).
+
+Each policy module defines a pydantic `Options` model (its keys in the campaign file's `policy:`
+section, besides `kind`) and a policy class built as `Cls(problem, options)`. `make_policy`
+looks the kind up lazily so that heavy imports (Ax) happen only when used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from policies.base import (
+    DataSelector,
+    Decision,
+    EncodedSpace,
+    History,
+    KeepAll,
+    LinearConstraint,
+    Objective,
+    Observation,
+    OutcomeConstraint,
+    Policy,
+    Problem,
+    Proposal,
+)
+
+POLICY_KINDS: dict[str, str] = {
+    "random": "policies.baselines:RandomPolicy",
+    "sobol": "policies.baselines:SobolPolicy",
+    "grid": "policies.baselines:GridPolicy",
+    "raster": "policies.baselines:GridPolicy",
+    "botorch": "policies.bayesian:BotorchPolicy",
+    "ax": "policies.ax:AxPolicy",
+    "rl": "policies.rl:RLPolicy",
+}
+
+
+class PolicyConfigError(ValueError):
+    """Bad policy options; `errors` holds (field path, message) pairs relative to the section."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{p}: {m}" for p, m in errors))
+        self.errors = errors
+
+
+def policy_class(kind: str) -> type:
+    if kind not in POLICY_KINDS:
+        raise PolicyConfigError([("kind", f"unknown policy {kind!r}; expected one of {', '.join(POLICY_KINDS)}")])
+    module, name = POLICY_KINDS[kind].split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise PolicyConfigError([("kind", f"policy {kind!r} is not available: {exc}")]) from exc
+
+
+def validate_options(kind: str, options: dict[str, Any]) -> BaseModel:
+    """Check a policy section's options against the policy's own Options model."""
+    cls = policy_class(kind)
+    try:
+        return cls.Options.model_validate({**options, **({"kind": kind} if "kind" in cls.Options.model_fields else {})})
+    except ValidationError as exc:
+        raise PolicyConfigError(
+            [(".".join(str(p) for p in e["loc"]) or "policy", e["msg"]) for e in exc.errors()]
+        ) from None
+
+
+def make_policy(kind: str, options: dict[str, Any], problem: Problem) -> Policy:
+    cls = policy_class(kind)
+    return cls(problem, validate_options(kind, options))
+
+
+__all__ = [
+    "DataSelector", "Decision", "EncodedSpace", "History", "KeepAll", "LinearConstraint",
+    "Objective", "Observation", "OutcomeConstraint", "Policy", "PolicyConfigError", "Problem",
+    "Proposal", "make_policy", "policy_class", "validate_options", "POLICY_KINDS",
+]

@@ -1,0 +1,44 @@
+"""Vectorised, seeded simulators (torch; CPU or GPU). `create(name, **options)` builds one by name."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from simulators.base import SimResult, Simulator, SimulatorError
+
+_REGISTRY: dict[str, str] = {
+    "telescope": "simulators.telescope:TelescopeSimulator",
+    "microscope": "simulators.microscope:MicroscopeSimulator",
+    "detector": "simulators.detector:DetectorSimulator",
+}
+
+
+def _function_names() -> list[str]:
+    from simulators.functions import TEST_FUNCTIONS
+
+    return sorted(TEST_FUNCTIONS)
+
+
+def available() -> list[str]:
+    """Names `create` accepts."""
+    return sorted(list(_REGISTRY) + _function_names())
+
+
+def create(name: str, **options: Any) -> Simulator:
+    """Build the simulator called `name` with its options; SimulatorError names what is wrong."""
+    key = name.lower()
+    if key in _REGISTRY:
+        module, cls = _REGISTRY[key].split(":")
+        try:
+            factory = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as exc:
+            raise SimulatorError(f"simulator {name!r} is not available: {exc}") from exc
+        return factory(**options)
+    from simulators.functions import TEST_FUNCTIONS, TestFunctionSimulator
+
+    if key in TEST_FUNCTIONS:
+        return TestFunctionSimulator(key, **options)
+    raise SimulatorError(f"unknown simulator {name!r}; expected one of {', '.join(available())}")
+
+
+__all__ = ["SimResult", "Simulator", "SimulatorError", "available", "create"]
