@@ -1,8 +1,9 @@
 """Vectorised, seeded simulators (torch; CPU or GPU). `create(name, **options)` builds one by name."""
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from simulators.base import SimResult, Simulator, SimulatorError
 
@@ -24,21 +25,25 @@ def available() -> list[str]:
     return sorted(list(_REGISTRY) + _function_names())
 
 
-def create(name: str, **options: Any) -> Simulator:
-    """Build the simulator called `name` with its options; SimulatorError names what is wrong."""
+def factory(name: str) -> Callable[..., Simulator]:
+    """The constructor behind `name` (keyword options only); SimulatorError if there is none."""
     key = name.lower()
     if key in _REGISTRY:
         module, cls = _REGISTRY[key].split(":")
         try:
-            factory = getattr(importlib.import_module(module), cls)
+            return getattr(importlib.import_module(module), cls)
         except (ImportError, AttributeError) as exc:
             raise SimulatorError(f"simulator {name!r} is not available: {exc}") from exc
-        return factory(**options)
     from simulators.functions import TEST_FUNCTIONS, TestFunctionSimulator
 
     if key in TEST_FUNCTIONS:
-        return TestFunctionSimulator(key, **options)
+        return functools.partial(TestFunctionSimulator, key)
     raise SimulatorError(f"unknown simulator {name!r}; expected one of {', '.join(available())}")
 
 
-__all__ = ["SimResult", "Simulator", "SimulatorError", "available", "create"]
+def create(name: str, **options: Any) -> Simulator:
+    """Build the simulator called `name` with its options; SimulatorError names what is wrong."""
+    return factory(name)(**options)
+
+
+__all__ = ["SimResult", "Simulator", "SimulatorError", "available", "create", "factory"]

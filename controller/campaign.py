@@ -1,0 +1,448 @@
+"""Campaign: the ask -> measure -> score -> tell loop, journaled so that any crash can be resumed.
+
+A trial is journaled 'proposed' and 'started' before it is submitted, and 'completed' only after
+its data product is on disk, so every completed measurement survives a crash and is recorded once;
+a trial in flight at a crash is measured again on resume with the next attempt number.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.config import CampaignConfig, config_to_dict, parse_config
+from controller.errors import UserError
+from controller.executors import LocalExecutor, RayExecutor, Trial, TrialResult
+from controller.progress import LogReporter, Reporter
+from controller.results import best_trial, feasible
+from controller.space import Space
+from controller.store import Store, TrialRecord
+from instruments.base import InstrumentError
+from instruments.registry import build_instrument
+from policies import KeepAll, Observation, Problem, Proposal, make_policy
+from policies.base import DataSelector, History, Objective, OutcomeConstraint
+from policies.baselines import SobolPolicy
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = ("proposed", "started", "retrying", "abandoned")
+
+
+@dataclass
+class CampaignSummary:
+    name: str
+    store: str
+    completed: int
+    failed: int
+    stopped: str
+    elapsed: float
+    best: dict[str, Any] | None = None
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+    hypervolume: float | None = None
+    figures: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Campaign:
+    """One campaign bound to its store. Build with `Campaign(config)` or `Campaign.resume(store)`."""
+
+    def __init__(self, config: CampaignConfig, store: str | Path | None = None, *,
+                 reporter: Reporter | None = None, _store: Store | None = None):
+        self.config = config
+        self.objectives = [Objective(o.metric, o.goal == "maximize", o.threshold) for o in config.objectives]
+        self.constraints = [OutcomeConstraint(c.metric, c.op, c.bound) for c in config.constraints]
+        self.reporter: Reporter = reporter or LogReporter()
+        if _store is None:
+            path = Path(store) if store else config.store_path()
+            self.store = self._create_store(path)
+        else:
+            self.store = _store
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._setup()
+
+    # construction -------------------------------------------------------------------------
+
+    def _create_store(self, path: Path) -> Store:
+        if path.exists():
+            with Store(path) as old:
+                n = len(old.trials())
+            if n:
+                raise UserError(
+                    f"{path} already holds campaign {self.config.name!r} with {n} trials; "
+                    f"`aec resume {path}` continues it, or pass --store NEW.db for a new campaign"
+                )
+        store = Store(path, create=True)
+        store.set_meta("config", config_to_dict(self.config))
+        store.set_meta("base_dir", str(self.config.base_dir))
+        store.set_meta("created", time.time())
+        store.set_meta("schema", 1)
+        return store
+
+    @classmethod
+    def resume(cls, store: str | Path, *, reporter: Reporter | None = None,
+               trials: int | None = None) -> "Campaign":
+        """Reopen a stopped or crashed campaign from its store alone."""
+        st = Store(store)
+        data = st.get_meta("config")
+        if data is None:
+            st.close()
+            raise UserError(f"{store}: holds no campaign configuration")
+        if trials is not None:
+            data.setdefault("budget", {})["trials"] = trials
+            st.set_meta("config", data)
+        base_dir = Path(st.get_meta("base_dir", "."))
+        config = parse_config(data, base_dir=base_dir, source=f"{store} (stored config)")
+        return cls(config, reporter=reporter, _store=st)
+
+    def _instrument_spec(self) -> dict[str, Any]:
+        return self.config.instrument.model_dump(mode="json")
+
+    def _setup(self) -> None:
+        cfg = self.config
+        spec = self._instrument_spec()
+        self._describer = None
+        if spec["kind"] == "simulator":
+            try:
+                self._describer = build_instrument(spec, cfg.base_dir, seed=cfg.seed)
+            except InstrumentError as exc:
+                raise UserError(str(exc)) from None
+        self.space = Space.from_config(cfg.space, cfg.base_dir, getattr(self._describer, "simulator", None))
+        move_cost = None
+        if self._describer is not None and getattr(self._describer, "has_move_cost", False):
+            describer, space = self._describer, self.space
+            move_cost = lambda a, b: describer.move_cost(space.decode(a), space.decode(b))  # noqa: E731
+        self.problem = Problem(self.space.encoded(), self.objectives, self.constraints, move_cost, cfg.seed)
+        try:
+            self.policy = make_policy(cfg.policy.kind, cfg.policy.options(), self.problem)
+        except ValueError as exc:
+            raise UserError(f"policy: {exc}") from None
+        self.selector: DataSelector = self._make_selector()
+
+    def _make_selector(self) -> DataSelector:
+        if self.config.selection.kind == "none":
+            return KeepAll()
+        from policies.novelty import NoveltySelector, SelectionError
+
+        opts = NoveltySelector.Options.model_validate({"kind": "autoencoder", **self.config.selection.options()})
+        reference = None
+        if getattr(opts, "reference", None):
+            path = self.config.resolve(opts.reference)
+            try:
+                from controller.triage import load_array
+
+                reference = load_array(path)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"selection.reference: {exc}") from None
+        try:
+            return NoveltySelector(opts, seed=self.config.seed, reference=reference)
+        except SelectionError as exc:
+            raise UserError(f"selection: {exc}") from None
+
+    def _make_executor(self):
+        cfg, ex = self.config, self.config.executor
+        spec = self._instrument_spec()
+        names = self.space.names
+        if ex.kind == "ray":
+            return RayExecutor(spec, str(cfg.base_dir), cfg.seed, workers=ex.workers, timeout=ex.timeout,
+                               address=ex.address, gpus_per_worker=ex.gpus_per_worker,
+                               cpus_per_worker=ex.cpus_per_worker, parameter_names=names)
+        try:
+            return LocalExecutor(lambda: build_instrument(spec, cfg.base_dir, seed=cfg.seed, parameter_names=names),
+                                 workers=ex.workers, timeout=ex.timeout)
+        except InstrumentError as exc:
+            raise UserError(str(exc)) from None
+
+    # state rebuilt from the store ---------------------------------------------------------
+
+    def history(self) -> History:
+        """Completed and failed trials in the order they finished, as the policy sees them."""
+        done = [r for r in self.store.trials() if r.status in ("completed", "failed")]
+        done.sort(key=lambda r: (r.finished_at or 0.0, r.id))
+        return History([self._observation(r) for r in done])
+
+    @staticmethod
+    def _observation(r: TrialRecord) -> Observation:
+        return Observation(trial_id=r.id, x=np.asarray(r.x, dtype=float), metrics=dict(r.metrics), status=r.status,
+                           pool_index=r.pool_index, sem=dict(r.sem), novelty=r.novelty)
+
+    def best_value(self) -> float | None:
+        if len(self.objectives) != 1:
+            return None
+        best = best_trial(self.store.trials(), self.objectives[0], self.constraints)
+        return None if best is None else best.metrics[self.objectives[0].metric]
+
+    # control --------------------------------------------------------------------------------
+
+    def request_stop(self, abandon: bool = False) -> None:
+        """Stop proposing; finish in-flight trials, or abandon them at once when `abandon`."""
+        self._stop.set()
+        if abandon:
+            self._abandon.set()
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop.is_set():
+                self.request_stop(abandon=True)
+            else:
+                self.request_stop()
+                self.reporter.message(
+                    f"{signal.Signals(signum).name}: finishing trials in flight; signal again to abandon them "
+                    "(`aec resume` re-runs them)")
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    # the loop ------------------------------------------------------------------------------
+
+    def run(self) -> CampaignSummary:
+        t0 = time.time()
+        cfg, budget = self.config, self.config.budget
+        total = budget.trials
+        max_failures = budget.max_failures if budget.max_failures is not None else max(total or 100, 10)
+        records = self.store.trials()
+        completed = sum(r.status == "completed" for r in records)
+        failed = sum(r.status == "failed" for r in records)
+        history = self.history()
+        self._restore_selector(records)
+        backlog = self._recover_in_flight(records)
+        pending: dict[int, Proposal] = {
+            r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
+        }
+        best = self.best_value()
+        stopped = ""
+        if total is not None and completed >= total:
+            stopped = "budget reached"
+        executor = self._make_executor() if not stopped else None
+        old_handlers = self._install_signal_handlers()
+        self.reporter.start(cfg.name, total, completed)
+        try:
+            while not stopped:
+                if self._abandon.is_set():
+                    stopped = "interrupted"
+                    break
+                in_flight = len(executor.running()) + len(backlog)
+                if self._stop.is_set():
+                    if in_flight == 0:
+                        stopped = "stopped by request"
+                        break
+                else:
+                    stopped = self._budget_exhausted(completed, failed, max_failures, t0, history)
+                    if stopped:
+                        if in_flight == 0:
+                            break
+                        stopped = ""
+                        self._stop.set()
+                        continue
+                    while backlog and executor.free_slots():
+                        executor.submit(backlog.pop(0))
+                    room = executor.free_slots()
+                    if total is not None:
+                        room = min(room, total - completed - in_flight)
+                    if room > 0:
+                        new = self._propose(history, room, list(pending.values()))
+                        for prop in new:
+                            trial = self._journal_new_trial(prop)
+                            pending[trial.id] = prop
+                            executor.submit(trial)
+                        if not new and in_flight == 0:
+                            stopped = "no candidates left"
+                            break
+                for result in executor.completed(timeout=0.25):
+                    outcome, rec = self._handle(result, history, pending)
+                    if outcome == "retry":
+                        nxt = Trial(result.trial.id, result.trial.attempt + 1, result.trial.params)
+                        self.store.append(nxt.id, "started", nxt.attempt, {})
+                        backlog.append(nxt)
+                        continue
+                    if outcome == "completed":
+                        completed += 1
+                        best = self._better(best, rec)
+                    elif outcome == "failed":
+                        failed += 1
+                    self.reporter.update(completed, failed, best)
+        finally:
+            if executor is not None:
+                leftover = executor.running() + backlog
+                for trial in leftover:
+                    self.store.append(trial.id, "abandoned", trial.attempt, {"reason": "campaign stopped"})
+                executor.shutdown(wait=not leftover)
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            close = getattr(self.selector, "close", None)
+            if callable(close):
+                close()
+            self.reporter.finish()
+        return self.summary(stopped or "budget reached", time.time() - t0)
+
+    def _budget_exhausted(self, completed: int, failed: int, max_failures: int, t0: float, history: History) -> str:
+        b = self.config.budget
+        if b.trials is not None and completed >= b.trials:
+            return "budget reached"
+        if b.wall_time is not None and time.time() - t0 >= b.wall_time:
+            return "wall time reached"
+        if failed >= max_failures:
+            return f"{failed} trials failed (budget.max_failures={max_failures})"
+        last = history.observations[-1] if history.observations else None
+        if last is not None and last.status == "completed":
+            for cond in b.stop_conditions():
+                v = last.metrics.get(cond.metric)
+                if v is None:
+                    continue
+                if (cond.below is not None and v < cond.below) or (cond.above is not None and v > cond.above):
+                    return f"stop_when: {cond.metric} = {v:.6g} reached"
+        return ""
+
+    def _propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
+        try:
+            return self.policy.propose(history, n, pending)
+        except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
+            log.exception("policy %s failed; using Sobol points for this step", self.config.policy.kind)
+            props = SobolPolicy(self.problem).propose(history, n, pending)
+            for p in props:
+                p.reason["fallback"] = f"policy error: {type(exc).__name__}: {exc}"
+            return props
+
+    def _journal_new_trial(self, prop: Proposal) -> Trial:
+        if prop.pool_index is not None:
+            params = self.space.pool_params(int(prop.pool_index))
+            x = self.problem.space.pool[int(prop.pool_index)]
+        else:
+            params = self.space.decode(prop.x)
+            x = self.space.encode(params)
+        prop.x = np.asarray(x, dtype=float)
+        tid = self.store.next_trial_id()
+        self.store.append(tid, "proposed", 1, {"params": params, "x": prop.x.tolist(),
+                                               "pool_index": prop.pool_index, "reason": prop.reason})
+        self.store.append(tid, "started", 1, {})
+        return Trial(tid, 1, params)
+
+    def _better(self, best: float | None, rec: TrialRecord) -> float | None:
+        """The best single-objective value after `rec` completed (None for several objectives)."""
+        if len(self.objectives) != 1 or not feasible(rec, self.objectives, self.constraints):
+            return best
+        o = self.objectives[0]
+        v = rec.metrics[o.metric]
+        return v if best is None or o.sign() * v > o.sign() * best else best
+
+    def _handle(self, result: TrialResult, history: History, pending: dict[int, Proposal]) -> tuple[str, TrialRecord | None]:
+        trial, attempts = result.trial, self.config.executor.attempts
+        error, retryable = result.error, result.retryable
+        if result.ok:
+            missing = [o.metric for o in self.objectives if o.metric not in result.measurement.metrics]
+            if missing:
+                error = (f"the instrument returned no {', '.join(map(repr, missing))} "
+                         f"(it returned {sorted(result.measurement.metrics)})")
+                retryable = False
+        if error is not None:
+            final = not retryable or trial.attempt >= attempts or self._stop.is_set()
+            if not final:
+                self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": False})
+                return "retry", None
+            rec = self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": True})
+            pending.pop(trial.id, None)
+            history.append(self._observation(rec))
+            self.reporter.message(f"trial {trial.id} failed after {trial.attempt} attempt(s): {error}")
+            return "failed", rec
+        m = result.measurement
+        decision = self.selector.decide(trial.id, m.data, m.metrics)
+        metrics = dict(m.metrics)
+        if decision.novelty is not None:
+            metrics.setdefault("novelty", float(decision.novelty))
+        data_path = self.store.write_data(trial.id, m.data) if (m.data is not None and decision.keep) else None
+        payload = {
+            "metrics": metrics, "sem": m.sem, "worker": result.worker,
+            "duration": result.finished - result.started, "kept": bool(decision.keep) if m.data is not None else None,
+            "decision": decision.reason or None, "novelty": decision.novelty, "pvalue": decision.pvalue,
+            "data_path": data_path, "metadata": _jsonable(m.metadata),
+        }
+        rec = self.store.append(trial.id, "completed", trial.attempt, payload)
+        blob = getattr(self.selector, "state_bytes", lambda: None)()
+        if blob:
+            self.store.save_checkpoint("selector", blob)
+        pending.pop(trial.id, None)
+        history.append(self._observation(rec))
+        return "completed", rec
+
+    def _recover_in_flight(self, records: list[TrialRecord]) -> list[Trial]:
+        """Trials a crash or stop left in flight, journaled for another attempt."""
+        backlog = []
+        for r in records:
+            if r.status not in IN_FLIGHT:
+                continue
+            if r.status == "proposed":
+                attempt = r.attempts
+            else:
+                if r.status == "started":
+                    self.store.append(r.id, "abandoned", r.attempts, {"reason": "interrupted; measured again on resume"})
+                attempt = r.attempts + 1
+            self.store.append(r.id, "started", attempt, {"resumed": True})
+            backlog.append(Trial(r.id, attempt, r.params))
+        if backlog:
+            self.reporter.message(f"resuming: {len(backlog)} trial(s) left in flight are measured again")
+        return backlog
+
+    def _restore_selector(self, records: list[TrialRecord]) -> None:
+        if isinstance(self.selector, KeepAll):
+            return
+        blob = self.store.load_checkpoint("selector")
+        if blob is not None:
+            self.selector.load_state_bytes(blob)
+        from policies.base import Decision
+
+        done = sorted((r for r in records if r.status == "completed"), key=lambda r: r.completed_seq or 0)
+        decisions = [Decision(r.novelty, bool(r.kept), r.pvalue, r.decision or "") for r in done]
+        kept = [self.store.read_data(r.data_path) for r in done if r.data_path]
+        self.selector.restore(decisions, kept)
+
+    # results -------------------------------------------------------------------------------
+
+    def summary(self, stopped: str = "", elapsed: float = 0.0) -> CampaignSummary:
+        records = self.store.trials()
+        out = CampaignSummary(
+            name=self.config.name, store=str(self.store.path),
+            completed=sum(r.status == "completed" for r in records),
+            failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
+        )
+        if len(self.objectives) == 1:
+            best = best_trial(records, self.objectives[0], self.constraints)
+            if best is not None:
+                out.best = {"id": best.id, "params": best.params, "metrics": best.metrics}
+        else:
+            from controller.results import pareto_summary
+
+            ps = pareto_summary(records, self.objectives, self.constraints)
+            out.pareto = [{"id": r.id, "params": r.params, "metrics": r.metrics} for r in ps.trials]
+            out.hypervolume = ps.hypervolume
+        return out
+
+    def feasible_records(self) -> list[TrialRecord]:
+        return [r for r in self.store.trials() if feasible(r, self.objectives, self.constraints)]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in (meta or {}).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (np.floating, np.integer, np.bool_)):
+            out[k] = v.item()
+        elif isinstance(v, (list, tuple)) and len(v) <= 64:
+            out[k] = [x.item() if hasattr(x, "item") else x for x in v]
+    return out

@@ -1,0 +1,401 @@
+"""Pydantic models of a campaign file (YAML or JSON) and loading with field-path error messages.
+
+The shape is the public contract of DESIGN.md: extend it, never break it. Unknown keys are
+errors. `load_config` returns a validated `CampaignConfig` or raises `UserError` whose problems
+read `space.parameters[2].low: must be < high`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from controller.durations import parse_duration
+from controller.errors import UserError
+
+NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ParameterConfig(Strict):
+    name: str = Field(pattern=NAME)
+    type: Literal["real", "integer", "choice"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "ParameterConfig":
+        if self.type == "choice":
+            if not self.values or len(self.values) < 2:
+                raise ValueError("a choice parameter needs 'values' with at least 2 entries")
+            if len({str(v) for v in self.values}) != len(self.values):
+                raise ValueError("choice 'values' must be distinct")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a choice parameter takes 'values', not low/high/log")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not 'values'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high (got low={self.low:g}, high={self.high:g})")
+        if self.type == "integer" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an integer parameter needs whole-number low and high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0 (got {self.low:g})")
+        return self
+
+
+class GridAxis(Strict):
+    """One axis of a grid pool: low, high and the number of points."""
+
+    low: float
+    high: float
+    count: int = Field(ge=1)
+
+
+def _grid_axis(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 3:
+            raise ValueError("a grid axis is [low, high, count]")
+        return {"low": value[0], "high": value[1], "count": value[2]}
+    return value
+
+
+class PoolConfig(Strict):
+    grid: dict[str, GridAxis] | None = None
+    file: str | None = None
+    columns: list[str] | None = None
+    simulator: bool = False
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _grid_axis(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PoolConfig":
+        sources = [self.grid is not None, self.file is not None, self.simulator]
+        if sum(sources) != 1:
+            raise ValueError("a pool needs exactly one of 'grid', 'file' or 'simulator: true'")
+        if self.grid is not None and not self.grid:
+            raise ValueError("'grid' needs at least one axis")
+        return self
+
+
+class SpaceConfig(Strict):
+    parameters: list[ParameterConfig] | None = None
+    constraints: list[str] = Field(default_factory=list)
+    pool: PoolConfig | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> "SpaceConfig":
+        if self.parameters is not None and self.pool is not None:
+            raise ValueError("give either 'parameters' or 'pool', not both")
+        if self.parameters is not None:
+            if not self.parameters:
+                raise ValueError("'parameters' is empty; list at least one parameter")
+            names = [p.name for p in self.parameters]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"parameter names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class ObjectiveConfig(Strict):
+    metric: str = Field(pattern=NAME)
+    goal: Literal["minimize", "maximize"] = "minimize"
+    threshold: float | None = None
+
+
+class OutcomeConstraintConfig(Strict):
+    metric: str = Field(pattern=NAME)
+    op: Literal["<=", ">="]
+    bound: float
+
+
+class FunctionInstrumentConfig(Strict):
+    kind: Literal["function"]
+    target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandInstrumentConfig(Strict):
+    kind: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class SimulatorInstrumentConfig(Strict):
+    kind: Literal["simulator"]
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecordedInstrumentConfig(Strict):
+    kind: Literal["recorded"]
+    file: str
+    metrics: list[str] | None = None
+
+
+InstrumentConfig = Annotated[
+    Union[FunctionInstrumentConfig, CommandInstrumentConfig, SimulatorInstrumentConfig, RecordedInstrumentConfig],
+    Field(discriminator="kind"),
+]
+
+
+class PolicyConfig(BaseModel):
+    """`kind` plus that policy's own options, which the policy's Options model checks."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str = "sobol"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SelectionConfig(BaseModel):
+    """`kind: none` keeps every data product; `kind: autoencoder` scores novelty (options checked by it)."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["none", "autoencoder"] = "none"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExecutorConfig(Strict):
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    timeout: float | None = Field(None, description="seconds (or '5m') one measurement may take")
+    attempts: int = Field(3, ge=1, description="tries per trial before it is journaled failed")
+    address: str | None = None
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> "ExecutorConfig":
+        if self.kind == "local" and (self.address or self.gpus_per_worker):
+            raise ValueError("'address' and 'gpus_per_worker' need 'kind: ray'")
+        return self
+
+
+class StopWhen(Strict):
+    metric: str
+    below: float | None = None
+    above: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "StopWhen":
+        if (self.below is None) == (self.above is None):
+            raise ValueError("stop_when needs exactly one of 'below' or 'above'")
+        return self
+
+
+class BudgetConfig(Strict):
+    trials: int | None = Field(None, ge=1)
+    wall_time: float | None = None
+    stop_when: StopWhen | list[StopWhen] | None = None
+    max_failures: int | None = Field(None, ge=0, description="stop after this many failed trials")
+
+    @field_validator("wall_time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "BudgetConfig":
+        if self.trials is None and self.wall_time is None and self.stop_when is None:
+            raise ValueError("give at least one of 'trials', 'wall_time' or 'stop_when'")
+        return self
+
+    def stop_conditions(self) -> list[StopWhen]:
+        if self.stop_when is None:
+            return []
+        return self.stop_when if isinstance(self.stop_when, list) else [self.stop_when]
+
+
+class CampaignConfig(Strict):
+    name: str = Field(pattern=NAME)
+    seed: int = 0
+    description: str | None = None
+    space: SpaceConfig | None = None
+    objectives: list[ObjectiveConfig] = Field(min_length=1)
+    constraints: list[OutcomeConstraintConfig] = Field(default_factory=list)
+    instrument: InstrumentConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    budget: BudgetConfig
+    store: str | None = None
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "CampaignConfig":
+        metrics = [o.metric for o in self.objectives]
+        dupes = sorted({m for m in metrics if metrics.count(m) > 1})
+        if dupes:
+            raise ValueError(f"objectives name the same metric twice: {', '.join(dupes)}")
+        if self.space is None and self.instrument.kind != "simulator":
+            raise ValueError("'space' is required unless the instrument is a simulator (which brings its own)")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The campaign file's folder: relative paths in the file resolve against it."""
+        return self._base_dir
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self._base_dir / p
+
+    def store_path(self) -> Path:
+        return Path(self.store).expanduser() if self.store else Path("runs") / f"{self.name}.db"
+
+
+_TAGS = {"function", "command", "simulator", "recorded", "StopWhen", "list[StopWhen]"}
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    """('space', 'parameters', 2, 'low') -> 'space.parameters[2].low' (union tags dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TAGS or str(part).startswith(("function-after", "union[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_message(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = format_location(tuple(err["loc"]))
+        msg = _clean_message(err["msg"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the campaign file reference in the README)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown kind {err.get('input')!r}; expected one of {err['ctx'].get('expected_tags')}"
+        elif err["type"] == "string_pattern_mismatch" and loc.endswith("target"):
+            msg = "expected 'module:function', e.g. 'mypkg.sim:evaluate'"
+        problems.append(f"{loc}: {msg}")
+    return list(dict.fromkeys(problems))
+
+
+def read_campaign_file(path: Path) -> dict[str, Any]:
+    """Parse YAML or JSON into a dict; UserError names the file, line and what is wrong."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; expected a campaign file (.yaml, .yml or .json)")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections (name, space, objectives, ...) at the top level")
+    return data
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
+    """Validate a campaign dict, including the policy's and selector's own options."""
+    try:
+        cfg = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        raise UserError(f"{source}: {len(problems)} problem(s)", [f"{source}: {p}" for p in problems]) from None
+    cfg._base_dir = (base_dir or Path.cwd()).resolve()
+    problems = _section_problems(cfg)
+    if problems:
+        raise UserError(f"{source}: {len(problems)} problem(s)", [f"{source}: {p}" for p in problems])
+    return cfg
+
+
+def _section_problems(cfg: CampaignConfig) -> list[str]:
+    """Problems that need the policy's and selector's own models, and the space's constraint parser."""
+    from controller.space import SpaceError, parse_linear_constraint
+    from policies import PolicyConfigError, validate_options
+
+    problems: list[str] = []
+    try:
+        validate_options(cfg.policy.kind, cfg.policy.options())
+    except PolicyConfigError as exc:
+        problems += [f"policy.{p}: {m}" for p, m in exc.errors]
+    if cfg.selection.kind == "autoencoder":
+        problems += _selection_problems(cfg)
+    if cfg.space is not None and cfg.space.parameters:
+        params = {p.name: p for p in cfg.space.parameters}
+        for i, text in enumerate(cfg.space.constraints):
+            try:
+                parse_linear_constraint(text, params)
+            except SpaceError as exc:
+                problems.append(f"space.constraints[{i}]: {exc}")
+    return problems
+
+
+def _selection_problems(cfg: CampaignConfig) -> list[str]:
+    try:
+        from policies.novelty import NoveltySelector
+    except ImportError as exc:
+        return [f"selection.kind: the autoencoder selector is not available ({exc})"]
+    try:
+        NoveltySelector.Options.model_validate({"kind": "autoencoder", **cfg.selection.options()})
+    except ValidationError as exc:
+        return [f"selection.{p}" for p in validation_problems(exc)]
+    return []
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read, override (e.g. {'seed': 3, 'budget.trials': 10}) and validate a campaign file."""
+    path = Path(path)
+    data = read_campaign_file(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{path}: cannot override {dotted}: {key} is not a section")
+        node[leaf] = value
+    return parse_config(data, base_dir=path.parent, source=str(path))
+
+
+def config_to_dict(cfg: CampaignConfig) -> dict[str, Any]:
+    """The config as plain data (for the store), without defaults filled in by policies."""
+    return cfg.model_dump(mode="json", exclude_none=True)

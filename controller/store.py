@@ -1,0 +1,307 @@
+"""The campaign store: one SQLite file (WAL) holding an append-only journal of trial events,
+a `trials` table derived from it in the same transaction, checkpoints, and data products as
+.npy files written atomically beside it. Every state of a campaign is rebuilt from the journal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from controller.errors import UserError
+
+SCHEMA_VERSION = 1
+EVENT_KINDS = ("proposed", "started", "completed", "failed", "abandoned")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    trial_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('proposed','started','completed','failed','abandoned')),
+    attempt INTEGER NOT NULL,
+    time REAL NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_trial ON events (trial_id);
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    x TEXT NOT NULL,
+    pool_index INTEGER,
+    reason TEXT,
+    metrics TEXT,
+    sem TEXT,
+    novelty REAL,
+    pvalue REAL,
+    kept INTEGER,
+    decision TEXT,
+    data_path TEXT,
+    worker TEXT,
+    error TEXT,
+    proposed_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    completed_seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, time REAL NOT NULL, blob BLOB NOT NULL);
+"""
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the journal leaves it: its latest status and everything measured."""
+
+    id: int
+    status: str
+    params: dict[str, Any]
+    x: list[float]
+    attempts: int = 1
+    pool_index: int | None = None
+    reason: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    sem: dict[str, float] = field(default_factory=dict)
+    novelty: float | None = None
+    pvalue: float | None = None
+    kept: bool | None = None
+    decision: str | None = None
+    data_path: str | None = None
+    worker: str | None = None
+    error: str | None = None
+    proposed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    completed_seq: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id, "status": self.status, "params": self.params, "metrics": self.metrics,
+            "attempts": self.attempts,
+        }
+        if self.sem:
+            out["sem"] = self.sem
+        if self.pool_index is not None:
+            out["pool_index"] = self.pool_index
+        if self.novelty is not None:
+            out["novelty"] = self.novelty
+            out["pvalue"] = self.pvalue
+        if self.kept is not None:
+            out["kept"] = self.kept
+            out["decision"] = self.decision
+        if self.data_path:
+            out["data"] = self.data_path
+        if self.error:
+            out["error"] = self.error
+        out.update({"worker": self.worker, "proposed_at": self.proposed_at, "started_at": self.started_at,
+                    "finished_at": self.finished_at, "reason": self.reason})
+        return out
+
+
+def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attempt: int, t: float,
+                payload: dict[str, Any], seq: int) -> TrialRecord:
+    """Fold one journal event into the trial states; the single definition of what events mean."""
+    if kind == "proposed":
+        rec = TrialRecord(
+            id=trial_id, status="proposed", params=payload["params"], x=payload["x"], attempts=attempt,
+            pool_index=payload.get("pool_index"), reason=payload.get("reason", {}), proposed_at=t,
+        )
+        trials[trial_id] = rec
+        return rec
+    rec = trials[trial_id]
+    rec.attempts = attempt
+    if kind == "started":
+        rec.status, rec.started_at, rec.error = "started", t, None
+        rec.worker = payload.get("worker", rec.worker)
+    elif kind == "completed":
+        rec.status, rec.finished_at, rec.completed_seq = "completed", t, seq
+        rec.metrics = payload.get("metrics", {})
+        rec.sem = payload.get("sem", {})
+        rec.novelty, rec.pvalue = payload.get("novelty"), payload.get("pvalue")
+        rec.kept, rec.decision = payload.get("kept"), payload.get("decision")
+        rec.data_path = payload.get("data_path")
+        rec.worker = payload.get("worker", rec.worker)
+    elif kind == "failed":
+        rec.error = payload.get("error")
+        rec.worker = payload.get("worker", rec.worker)
+        if payload.get("final", True):
+            rec.status, rec.finished_at = "failed", t
+        else:
+            rec.status = "retrying"
+    elif kind == "abandoned":
+        rec.status, rec.error = "abandoned", payload.get("reason")
+    return rec
+
+
+class Store:
+    """A campaign's SQLite journal and data folder. Use from one thread (the controller's)."""
+
+    def __init__(self, path: str | Path, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise UserError(f"{self.path}: no such store")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            if create:
+                self.db.executescript(_SCHEMA)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: not an aec store ({exc})") from None
+        if not {"meta", "events", "trials"} <= tables:
+            raise UserError(f"{self.path}: not an aec store (tables missing)")
+        self.data_dir = self.path.with_name(self.path.name + ".data")
+        self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        self._trials: dict[int, TrialRecord] | None = None
+
+    # meta and checkpoints -------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def save_checkpoint(self, name: str, blob: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (name, time.time(), sqlite3.Binary(blob)))
+
+    def load_checkpoint(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT blob FROM checkpoints WHERE name=?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # the journal ------------------------------------------------------------------------------
+
+    def next_trial_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(trial_id), -1) FROM events").fetchone()
+        return int(row[0]) + 1
+
+    def append(self, trial_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> TrialRecord:
+        """Journal one event and update the derived trial row, in one transaction."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        t = time.time()
+        trials = self._cache()
+        text = json.dumps(payload, default=_json_default, allow_nan=True)
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
+                (trial_id, kind, attempt, t, text),
+            )
+            seq = cur.lastrowid
+            rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), seq)
+            self._write_trial(rec)
+        self._seq = seq
+        return rec
+
+    def events(self) -> Iterator[tuple[int, int, str, int, float, dict[str, Any]]]:
+        for seq, tid, kind, attempt, t, payload in self.db.execute(
+            "SELECT seq, trial_id, kind, attempt, time, payload FROM events ORDER BY seq"
+        ):
+            yield seq, tid, kind, attempt, t, json.loads(payload)
+
+    def replay(self) -> dict[int, TrialRecord]:
+        """Trial states rebuilt from the journal alone."""
+        trials: dict[int, TrialRecord] = {}
+        for seq, tid, kind, attempt, t, payload in self.events():
+            apply_event(trials, tid, kind, attempt, t, payload, seq)
+        return trials
+
+    def trials(self) -> list[TrialRecord]:
+        """All trials in id order (from the derived table, which the journal's fold equals)."""
+        return [self._cache()[k] for k in sorted(self._cache())]
+
+    def rebuild_trials_table(self) -> None:
+        """Recreate the derived table from the journal (e.g. after a schema change)."""
+        self._trials = self.replay()
+        with self._transaction():
+            self.db.execute("DELETE FROM trials")
+            for rec in self._trials.values():
+                self._write_trial(rec)
+
+    def _cache(self) -> dict[int, TrialRecord]:
+        if self._trials is None:
+            self._trials = self.replay()
+        return self._trials
+
+    def _write_trial(self, r: TrialRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.id, r.status, r.attempts, json.dumps(r.params, default=_json_default), json.dumps(r.x),
+             r.pool_index, json.dumps(r.reason, default=_json_default), json.dumps(r.metrics), json.dumps(r.sem),
+             r.novelty, r.pvalue, None if r.kept is None else int(r.kept), r.decision, r.data_path,
+             r.worker, r.error, r.proposed_at, r.started_at, r.finished_at, r.completed_seq),
+        )
+
+    def trials_table(self) -> list[dict[str, Any]]:
+        """The derived table as stored, for checking it against the journal."""
+        cols = [d[1] for d in self.db.execute("PRAGMA table_info(trials)")]
+        return [dict(zip(cols, row)) for row in self.db.execute("SELECT * FROM trials ORDER BY id")]
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> None:
+            self.db.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _transaction(self) -> "_Tx":
+        return Store._Tx(self.db)
+
+    # data products ----------------------------------------------------------------------------
+
+    def write_data(self, trial_id: int, array: np.ndarray) -> str:
+        """Write a data product atomically (temp file, fsync, rename); returns its path relative to the store."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        name = f"trial-{trial_id:06d}.npy"
+        fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.asarray(array), allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.data_dir / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return f"{self.data_dir.name}/{name}"
+
+    def read_data(self, relative: str) -> np.ndarray:
+        return np.load(self.path.parent / relative, allow_pickle=False)
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
