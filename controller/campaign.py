@@ -72,20 +72,21 @@ class Campaign:
     # construction -------------------------------------------------------------------------
 
     def _create_store(self, path: Path) -> Store:
-        if path.exists():
-            with Store(path) as old:
-                n = len(old.trials())
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                with Store(path) as old:
+                    n = len(old.trials())
+            except UserError:
+                n = 0 if _is_empty_sqlite(path) else -1
             if n:
                 raise UserError(
-                    f"{path} already holds campaign {self.config.name!r} with {n} trials; "
-                    f"`aec resume {path}` continues it, or pass --store NEW.db for a new campaign"
+                    f"{path} already holds a campaign ({max(n, 0)} trials); `aec resume {path}` continues it, "
+                    "or pass --store NEW.db for a new campaign"
                 )
-        store = Store(path, create=True)
-        store.set_meta("config", config_to_dict(self.config))
-        store.set_meta("base_dir", str(self.config.base_dir))
-        store.set_meta("created", time.time())
-        store.set_meta("schema", 1)
-        return store
+        return Store(path, create=True, meta={
+            "config": config_to_dict(self.config), "base_dir": str(self.config.base_dir),
+            "created": time.time(), "schema": 1,
+        })
 
     @classmethod
     def resume(cls, store: str | Path, *, reporter: Reporter | None = None,
@@ -223,7 +224,7 @@ class Campaign:
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
         best = self.best_value()
-        stopped = ""
+        stopped = finishing = ""
         if total is not None and completed >= total:
             stopped = "budget reached"
         executor = self._make_executor() if not stopped else None
@@ -237,14 +238,11 @@ class Campaign:
                 in_flight = len(executor.running()) + len(backlog)
                 if self._stop.is_set():
                     if in_flight == 0:
-                        stopped = "stopped by request"
+                        stopped = finishing or "stopped by request"
                         break
                 else:
-                    stopped = self._budget_exhausted(completed, failed, max_failures, t0, history)
-                    if stopped:
-                        if in_flight == 0:
-                            break
-                        stopped = ""
+                    finishing = self._budget_exhausted(completed, failed, max_failures, t0, history)
+                    if finishing:
                         self._stop.set()
                         continue
                     while backlog and executor.free_slots():
@@ -434,6 +432,17 @@ class Campaign:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _is_empty_sqlite(path: Path) -> bool:
+    """True for a SQLite file with no tables (a crash during store creation leaves one)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(str(path)) as db:
+            return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,8 @@ def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attemp
 class Store:
     """A campaign's SQLite journal and data folder. Use from one thread (the controller's)."""
 
-    def __init__(self, path: str | Path, create: bool = False):
+    def __init__(self, path: str | Path, create: bool = False, meta: dict[str, Any] | None = None):
+        """Open a store; with `create`, make its schema and write `meta` in one transaction."""
         self.path = Path(path)
         if not create and not self.path.exists():
             raise UserError(f"{self.path}: no such store")
@@ -156,7 +157,12 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             if create:
-                self.db.executescript(_SCHEMA)
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self.db.execute(statement)
+                for key, value in (meta or {}).items():
+                    self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+                self.db.execute("COMMIT")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not an aec store ({exc})") from None

@@ -61,9 +61,14 @@ def validate_options(kind: str, options: dict[str, Any]) -> BaseModel:
     try:
         return cls.Options.model_validate({**options, **({"kind": kind} if "kind" in cls.Options.model_fields else {})})
     except ValidationError as exc:
-        raise PolicyConfigError(
-            [(".".join(str(p) for p in e["loc"]) or "policy", e["msg"]) for e in exc.errors()]
-        ) from None
+        raise PolicyConfigError([(".".join(str(p) for p in e["loc"]) or "policy", _message(e)) for e in exc.errors()]) from None
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key for this policy (see its options in the README)"
+    msg = error["msg"]
+    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
 
 
 def make_policy(kind: str, options: dict[str, Any], problem: Problem) -> Policy:

@@ -1,0 +1,73 @@
+"""Shared fixtures: small campaign files and instrument modules written into a temporary folder."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+INSTRUMENTS = textwrap.dedent('''
+    import math, os, time
+
+    def branin(p):
+        x1, x2 = 15 * p["x0"] - 5, 15 * p["x1"]
+        return {"y": (x2 - 5.1 / (4 * math.pi ** 2) * x1 ** 2 + 5 / math.pi * x1 - 6) ** 2
+                + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10}
+
+    def flaky(p):
+        if p["x0"] > 0.7:
+            raise RuntimeError("stage did not reach x0=%.3f" % p["x0"])
+        return branin(p)
+
+    def hangs(p):
+        if p["x0"] > 0.8:
+            time.sleep(30)
+        return branin(p)
+
+    def with_data(p):
+        import numpy as np
+        return {"y": p["x0"], "data": np.full(8, p["x0"])}
+
+    def slow(p):
+        time.sleep(float(os.environ.get("AEC_TEST_SLEEP", "0.05")))
+        return branin(p)
+
+    def wrong_metric(p):
+        return {"z": 1.0}
+''')
+
+
+def campaign_dict(name: str = "t", target: str = "fns:branin", trials: int = 8, **extra) -> dict:
+    data = {
+        "name": name,
+        "seed": 3,
+        "space": {"parameters": [
+            {"name": "x0", "type": "real", "low": 0.0, "high": 1.0},
+            {"name": "x1", "type": "real", "low": 0.0, "high": 1.0},
+        ]},
+        "objectives": [{"metric": "y", "goal": "minimize"}],
+        "instrument": {"kind": "function", "target": target},
+        "policy": {"kind": "sobol"},
+        "budget": {"trials": trials},
+    }
+    data.update(extra)
+    return data
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "fns.py").write_text(INSTRUMENTS)
+    return tmp_path
+
+
+@pytest.fixture
+def write_campaign(workdir: Path):
+    def write(name: str = "t", **kwargs) -> Path:
+        data = campaign_dict(name, **kwargs)
+        data.setdefault("store", str(workdir / f"{name}.db"))
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write

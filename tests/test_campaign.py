@@ -1,0 +1,159 @@
+"""The campaign loop: budgets, retries, timeouts, external programs, data products, resume."""
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from controller import Campaign, Store, load_config
+from controller.progress import SilentReporter
+
+
+def _run(path: Path, **overrides) -> Campaign:
+    c = Campaign(load_config(path, overrides), reporter=SilentReporter())
+    c.summary_result = c.run()
+    return c
+
+
+def test_runs_to_the_trial_budget_and_reports_the_best(write_campaign):
+    c = _run(write_campaign(trials=12))
+    recs = c.store.trials()
+    assert [r.status for r in recs] == ["completed"] * 12
+    best = min(r.metrics["y"] for r in recs)
+    assert c.summary_result.best["metrics"]["y"] == best
+    assert c.summary_result.stopped == "budget reached"
+
+
+def test_same_config_and_seed_give_the_same_campaign(write_campaign):
+    a = _run(write_campaign("a", trials=6)).store.trials()
+    b = _run(write_campaign("b", trials=6)).store.trials()
+    assert [r.params for r in a] == [r.params for r in b]
+
+
+def test_failing_measurements_are_retried_then_journaled_failed(write_campaign):
+    path = write_campaign(target="fns:flaky", trials=10, executor={"attempts": 2})
+    c = _run(path)
+    recs = c.store.trials()
+    failed = [r for r in recs if r.status == "failed"]
+    assert sum(r.status == "completed" for r in recs) == 10
+    assert failed and all(r.attempts == 2 and "stage did not reach" in r.error for r in failed)
+    kinds = [e[2] for e in c.store.events() if e[1] == failed[0].id]
+    assert kinds == ["proposed", "started", "failed", "started", "failed"]
+
+
+def test_a_hung_measurement_times_out_and_the_campaign_goes_on(write_campaign):
+    path = write_campaign(target="fns:hangs", trials=6,
+                          executor={"workers": 2, "timeout": 0.5, "attempts": 1},
+                          space={"parameters": [{"name": "x0", "type": "real", "low": 0.79, "high": 0.95},
+                                                {"name": "x1", "type": "real", "low": 0.0, "high": 1.0}]},
+                          budget={"trials": 6, "max_failures": 2})
+    c = _run(path)
+    failed = [r for r in c.store.trials() if r.status == "failed"]
+    assert failed and all("timed out" in r.error for r in failed)
+    assert "max_failures" in c.summary_result.stopped
+
+
+def test_an_external_program_is_an_instrument(workdir: Path, write_campaign):
+    script = workdir / "sim.py"
+    script.write_text(
+        "import json, sys\n"
+        "p = json.load(sys.stdin)\n"
+        "print('log line before the result')\n"
+        "if p['x0'] > 0.9:\n"
+        "    sys.stderr.write('geant4 crashed\\n'); sys.exit(3)\n"
+        "print(json.dumps({'y': (p['x0'] - 0.3) ** 2 + p['x1']}))\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    path = write_campaign(trials=6, instrument={"kind": "command", "argv": [sys.executable, "sim.py"]},
+                          executor={"attempts": 1})
+    c = _run(path)
+    done = [r for r in c.store.trials() if r.status == "completed"]
+    assert len(done) == 6
+    for r in done:
+        assert np.isclose(r.metrics["y"], (r.params["x0"] - 0.3) ** 2 + r.params["x1"])
+    for r in c.store.trials():
+        if r.status == "failed":
+            assert "status 3" in r.error and "geant4 crashed" in r.error
+
+
+def test_missing_objective_metric_is_a_clear_failure(write_campaign):
+    c = _run(write_campaign(target="fns:wrong_metric", trials=2, budget={"trials": 2, "max_failures": 2}))
+    errs = {r.error for r in c.store.trials()}
+    assert errs == {"the instrument returned no 'y' (it returned ['z'])"}
+
+
+def test_data_products_are_kept_on_disk(write_campaign):
+    c = _run(write_campaign(target="fns:with_data", trials=3))
+    for r in c.store.trials():
+        assert r.kept is True
+        assert np.allclose(c.store.read_data(r.data_path), r.params["x0"])
+
+
+def test_stop_when_ends_the_campaign_early(write_campaign):
+    c = _run(write_campaign(trials=50, budget={"trials": 50, "stop_when": {"metric": "y", "below": 30.0}}))
+    assert c.summary_result.stopped.startswith("stop_when")
+    assert len(c.store.trials()) < 50
+
+
+def test_resume_re_runs_trials_left_in_flight_with_the_next_attempt(write_campaign):
+    path = write_campaign(trials=5)
+    c = _run(path)
+    c.close()
+    store = Store(Path(c.config.store))
+    cfg = store.get_meta("config")
+    cfg["budget"]["trials"] = 7
+    store.set_meta("config", cfg)
+    store.append(5, "proposed", 1, {"params": {"x0": 0.5, "x1": 0.5}, "x": [0.5, 0.5]})
+    store.append(5, "started", 1, {})
+    store.close()
+    r = Campaign.resume(Path(c.config.store), reporter=SilentReporter())
+    r.run()
+    recs = r.store.trials()
+    assert len(recs) == 7 and all(x.status == "completed" for x in recs)
+    assert recs[5].attempts == 2 and recs[5].params == {"x0": 0.5, "x1": 0.5}
+    kinds = [e[2] for e in r.store.events() if e[1] == 5]
+    assert kinds == ["proposed", "started", "abandoned", "started", "completed"]
+
+
+def test_resume_of_a_finished_campaign_measures_nothing(write_campaign):
+    c = _run(write_campaign(trials=3))
+    n_events = len(list(c.store.events()))
+    c.close()
+    r = Campaign.resume(Path(c.config.store), reporter=SilentReporter())
+    assert r.run().completed == 3
+    assert len(list(r.store.events())) == n_events
+
+
+def test_pool_campaign_never_repeats_a_candidate(workdir: Path, write_campaign):
+    (workdir / "pool.csv").write_text("x0,x1\n" + "\n".join(f"{i/9},{(i*7 % 10)/9}" for i in range(10)))
+    c = _run(write_campaign(trials=10, space={"pool": {"file": "pool.csv"}}, policy={"kind": "random"}))
+    idx = [r.pool_index for r in c.store.trials()]
+    assert sorted(idx) == list(range(10))
+
+
+def test_export_json_has_the_contract_fields(write_campaign, capsys):
+    from controller.cli import main
+
+    path = write_campaign(trials=3)
+    assert main(["run", str(path), "--quiet"]) == 0
+    store = load_config(path).store
+    assert main(["export", store, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3
+    for row in rows:
+        assert {"id", "status", "params", "metrics", "attempts"} <= set(row)
+    assert main(["export", store, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("id,status,attempts,x0,x1,y") and len(lines) == 4
+
+
+def test_run_refuses_to_overwrite_a_store(write_campaign, capsys):
+    from controller.cli import main
+
+    path = write_campaign(trials=2)
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "aec resume" in capsys.readouterr().err

@@ -1,0 +1,67 @@
+"""Store: the journal is the truth; the derived table and the history are rebuilt from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.errors import UserError
+from controller.store import Store
+
+
+def _fill(store: Store) -> None:
+    store.append(0, "proposed", 1, {"params": {"x": 0.1}, "x": [0.1], "reason": {"policy": "t"}})
+    store.append(0, "started", 1, {})
+    store.append(0, "completed", 1, {"metrics": {"y": 1.5}, "worker": "w0"})
+    store.append(1, "proposed", 1, {"params": {"x": 0.2}, "x": [0.2]})
+    store.append(1, "started", 1, {})
+    store.append(1, "failed", 1, {"error": "boom", "final": False})
+    store.append(1, "started", 2, {})
+    store.append(1, "failed", 2, {"error": "boom again", "final": True})
+    store.append(2, "proposed", 1, {"params": {"x": 0.3}, "x": [0.3]})
+    store.append(2, "started", 1, {})
+
+
+def test_rebuild_from_the_journal_equals_the_live_state(tmp_path: Path):
+    store = Store(tmp_path / "s.db", create=True)
+    _fill(store)
+    live = {r.id: r for r in store.trials()}
+    fresh = Store(tmp_path / "s.db")
+    assert fresh.replay() == live
+    assert [r.status for r in fresh.trials()] == ["completed", "failed", "started"]
+    assert live[1].attempts == 2 and live[1].error == "boom again"
+    before = store.trials_table()
+    fresh.rebuild_trials_table()
+    assert fresh.trials_table() == before
+
+
+def test_the_journal_is_append_only_and_ordered(tmp_path: Path):
+    store = Store(tmp_path / "s.db", create=True)
+    _fill(store)
+    seqs = [e[0] for e in store.events()]
+    assert seqs == sorted(seqs) and len(seqs) == 10
+    with pytest.raises(ValueError):
+        store.append(0, "teleported", 1, {})
+
+
+def test_data_products_are_written_atomically(tmp_path: Path):
+    store = Store(tmp_path / "s.db", create=True)
+    rel = store.write_data(7, np.arange(5.0))
+    assert np.array_equal(store.read_data(rel), np.arange(5.0))
+    assert not [p for p in store.data_dir.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_wal_mode_and_checkpoints(tmp_path: Path):
+    store = Store(tmp_path / "s.db", create=True)
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.save_checkpoint("selector", b"\x00\x01")
+    assert Store(tmp_path / "s.db").load_checkpoint("selector") == b"\x00\x01"
+
+
+def test_opening_something_else_is_a_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="no such store"):
+        Store(tmp_path / "missing.db")
+    (tmp_path / "junk.db").write_text("not sqlite at all" * 100)
+    with pytest.raises(UserError, match="not an aec store"):
+        Store(tmp_path / "junk.db")
