@@ -323,9 +323,11 @@ class Campaign:
             x = self.space.encode(params)
         prop.x = np.asarray(x, dtype=float)
         tid = self.store.next_trial_id()
-        self.store.append(tid, "proposed", 1, {"params": params, "x": prop.x.tolist(),
-                                               "pool_index": prop.pool_index, "reason": prop.reason})
-        self.store.append(tid, "started", 1, {})
+        self.store.append_many([
+            (tid, "proposed", 1, {"params": params, "x": prop.x.tolist(), "pool_index": prop.pool_index,
+                                  "reason": prop.reason}),
+            (tid, "started", 1, {}),
+        ])
         return Trial(tid, 1, params)
 
     def _better(self, best: float | None, rec: TrialRecord) -> float | None:

@@ -191,26 +191,33 @@ class Store:
     # the journal ------------------------------------------------------------------------------
 
     def next_trial_id(self) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(trial_id), -1) FROM events").fetchone()
-        return int(row[0]) + 1
+        trials = self._cache()
+        return max(trials) + 1 if trials else 0
 
     def append(self, trial_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> TrialRecord:
         """Journal one event and update the derived trial row, in one transaction."""
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"unknown event kind {kind!r}")
+        return self.append_many([(trial_id, kind, attempt, payload)])[-1]
+
+    def append_many(self, events: list[tuple[int, str, int, dict[str, Any]]]) -> list[TrialRecord]:
+        """Journal several events (trial_id, kind, attempt, payload) atomically: all or none."""
+        for _, kind, _, _ in events:
+            if kind not in EVENT_KINDS:
+                raise ValueError(f"unknown event kind {kind!r}")
         t = time.time()
         trials = self._cache()
-        text = json.dumps(payload, default=_json_default, allow_nan=True)
+        out = []
         with self._transaction():
-            cur = self.db.execute(
-                "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
-                (trial_id, kind, attempt, t, text),
-            )
-            seq = cur.lastrowid
-            rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), seq)
-            self._write_trial(rec)
-        self._seq = seq
-        return rec
+            for trial_id, kind, attempt, payload in events:
+                text = json.dumps(payload, default=_json_default, allow_nan=True)
+                cur = self.db.execute(
+                    "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
+                    (trial_id, kind, attempt, t, text),
+                )
+                rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), cur.lastrowid)
+                self._write_trial(rec)
+                out.append(rec)
+        self._seq = cur.lastrowid
+        return out
 
     def events(self) -> Iterator[tuple[int, int, str, int, float, dict[str, Any]]]:
         for seq, tid, kind, attempt, t, payload in self.db.execute(
@@ -257,17 +264,19 @@ class Store:
         return [dict(zip(cols, row)) for row in self.db.execute("SELECT * FROM trials ORDER BY id")]
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
+        def __init__(self, store: "Store"):
+            self.store, self.db = store, store.db
 
         def __enter__(self) -> None:
             self.db.execute("BEGIN IMMEDIATE")
 
         def __exit__(self, exc_type, exc, tb) -> None:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type:
+                self.store._trials = None
 
     def _transaction(self) -> "_Tx":
-        return Store._Tx(self.db)
+        return Store._Tx(self)
 
     # data products ----------------------------------------------------------------------------
 
