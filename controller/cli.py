@@ -133,10 +133,9 @@ def _run(campaign, args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary, campaign) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     table = Table(title=f"campaign {summary.name}: {summary.stopped}", show_header=False)
     table.add_row("trials", f"{summary.completed} completed, {summary.failed} failed")
     if summary.best is not None:
@@ -207,10 +206,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _print_show(out: dict[str, Any], records, objectives, limit: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     metrics = [o.metric for o in objectives]
     params = list(records[0].params) if records else []
     shown = records if limit <= 0 else records[-limit:]
@@ -291,6 +289,13 @@ def cmd_triage(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(" ".join(f"{k}={_short(v)}" for k, v in summary.items()))
     return 0
+
+
+def _console():
+    """A rich console for stdout; wide when stdout is a file or pipe, so tables are not truncated."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _short(v: Any) -> str:
