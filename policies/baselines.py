@@ -23,6 +23,29 @@ def _feasible_rows(space: EncodedSpace, X: np.ndarray) -> np.ndarray:
     return X[space.feasible(X)] if space.linear_constraints else X
 
 
+def polytope_samples(space: EncodedSpace, n: int, seed: int) -> np.ndarray:
+    """n points spread over the constrained polytope (hit-and-run), snapped and filtered (<= n rows).
+
+    Rejection sampling fails when constraints keep a tiny share of the cube (8 ordered radii: 1 in
+    8!); hit-and-run walks inside the polytope instead.
+    """
+    from botorch.utils.sampling import get_polytope_samples
+
+    d = space.dim
+    bounds = torch.stack([torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)])
+    ineq = [
+        (torch.tensor(c.indices, dtype=torch.long), torch.tensor(c.coefficients, dtype=torch.float64), float(c.rhs))
+        for c in space.linear_constraints
+    ]
+    X = get_polytope_samples(4 * n, bounds, inequality_constraints=ineq, seed=seed, n_burnin=200, n_thinning=4).numpy()
+    return _feasible_rows(space, space.snap(X))[:n]
+
+
+def _feasible_share(space: EncodedSpace, seed: int) -> float:
+    probe = np.random.default_rng(seed).random((2048, space.dim))
+    return float(space.feasible(space.snap(probe)).mean())
+
+
 class RandomPolicy:
     """Uniform random points (rejection-sampled under linear constraints) or random unused pool rows."""
 
@@ -41,6 +64,10 @@ class RandomPolicy:
             free = np.setdiff1d(np.arange(len(self.space.pool)), np.fromiter(taken, int, len(taken)))
             picks = rng.choice(free, size=min(n, len(free)), replace=False) if len(free) else []
             return [Proposal(x=self.space.pool[i], pool_index=int(i), reason={"policy": "random"}) for i in picks]
+        if self.space.linear_constraints and _feasible_share(self.space, self.problem.seed) < 0.01:
+            seed = int(rng.integers(2**31))
+            X = polytope_samples(self.space, n, seed)
+            return [Proposal(x=x, reason={"policy": "random", "sampler": "hit-and-run"}) for x in X]
         out: list[np.ndarray] = []
         for _ in range(1000):
             X = _feasible_rows(self.space, self.space.snap(rng.random((max(4 * n, 64), self.space.dim))))
@@ -88,6 +115,9 @@ class SobolPolicy:
         if not self.space.linear_constraints:
             X = self.space.snap(self._points(start, n))
             return [Proposal(x=x, reason={"policy": "sobol", "sequence": start + k}) for k, x in enumerate(X)]
+        if _feasible_share(self.space, self.problem.seed) < 0.01:
+            X = polytope_samples(self.space, n, self.problem.seed * 100_003 + start)
+            return [Proposal(x=x, reason={"policy": "sobol", "sampler": "hit-and-run"}) for x in X]
         # Under constraints, walk the sequence from a position that depends only on how many points came before.
         out, pos = [], 0
         block = 256

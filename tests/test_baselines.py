@@ -86,3 +86,14 @@ def test_grid_policy_scans_the_continuous_space_in_order():
         _grow(h, props)
     assert len({tuple(x) for x in xs}) == 9
     assert pol.propose(h, 1, []) == []
+
+
+@pytest.mark.parametrize("cls", [RandomPolicy, SobolPolicy])
+def test_tightly_ordered_parameters_are_sampled_inside_the_polytope(cls):
+    d = 8  # x0 <= x1 - 0.05 <= ... : about 1 point in 8! of the cube is feasible
+    cons = [LinearConstraint((i + 1, i), (1.0, -1.0), 0.05) for i in range(d - 1)]
+    props = cls(_problem(d, constraints=cons)).propose(History(), 6, [])
+    X = np.array([p.x for p in props])
+    assert len(X) == 6
+    assert np.all(np.diff(X, axis=1) >= 0.05 - 1e-9)
+    assert len({tuple(x) for x in X}) == 6
