@@ -1,0 +1,292 @@
+"""BotorchPolicy: Sobol points first, then a GP surrogate, an acquisition and a search, composed.
+
+    propose(history, n, pending)
+      1. fewer than `initial` trials issued       -> Sobol points (SobolPolicy), reason["initial_design"]
+      2. fit the surrogate (models.fit_model)     -> on failure: jitter, then Sobol with reason["fallback"]
+      3. build the acquisition (acquisition.py)   -> pending trials as X_pending / fantasies
+      4. search (search.py): unit cube or pool    -> n points as one greedy (or joint) batch
+      5. optionally order the batch as a short route (route.py)
+
+Stateless for persistence: a proposal depends on (problem, options, history, pending) and on a
+seed drawn from problem.seed, len(history) and len(pending). The in-memory hyperparameter cache
+only warm-starts fits (set `warm_start: false` for bit-for-bit replays across restarts).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from botorch.utils.sampling import manual_seed
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from policies.base import History, Problem, Proposal
+from policies.baselines import SobolPolicy
+from policies.bayesian.acquisition import AcquisitionBuilder, Outcomes
+from policies.bayesian.models import (
+    FittedModel,
+    HyperparameterCache,
+    ModelSettings,
+    TrainingData,
+    fit_model,
+    marginal_posterior,
+)
+from policies.bayesian.route import TravelCost, order_route
+from policies.bayesian.pool_search import search_pool
+from policies.bayesian.search import Pick, SearchContext, SearchSettings, search_space
+from policies.pareto import pareto_mask, reference_point
+
+logger = logging.getLogger(__name__)
+
+# Failed trials (their x) are treated as pending so that the acquisition looks elsewhere; the most recent ones.
+MAX_FAILED_AVOIDED = 32
+
+
+class BotorchOptions(BaseModel):
+    """The `policy:` section for `kind: botorch` (every key optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["botorch"] = "botorch"
+    acquisition: Literal["qlognei", "ucb", "ts", "variance", "qlognehvi"] = Field(
+        "qlognei", description="qlognei (default; becomes qlognehvi with several objectives), ucb, ts, variance, qlognehvi"
+    )
+    beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
+    initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(2d + 2, 5)")
+    batch: int = Field(1, ge=1, description="preferred batch size; propose(n=...) decides the actual size")
+    batch_mode: Literal["sequential", "joint"] = Field("sequential", description="greedy q-batch or joint optimisation")
+    mc_samples: int = Field(128, ge=8, description="quasi-MC samples of MC acquisitions")
+    num_restarts: int = Field(12, ge=1, description="acquisition optimiser restarts")
+    raw_samples: int = Field(512, ge=8, description="points scored to pick the restarts' starting points")
+    maxiter: int = Field(100, ge=1, description="optimiser iterations per restart")
+    fit_max: int = Field(256, ge=8, description="most points the hyperparameters are fitted on")
+    condition_max: int = Field(512, ge=8, description="most points the posterior is conditioned on")
+    fit_maxiter: int = Field(200, ge=1, description="L-BFGS iterations of a hyperparameter fit")
+    refit_every: int | None = Field(
+        None, ge=1,
+        description="optimise hyperparameters every k new observations, else reuse the cached ones; "
+        "default 1 up to fit_max observations, then about n / fit_max",
+    )
+    warm_start: bool = Field(True, description="start each fit from the last hyperparameters (in memory)")
+    fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
+    avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
+    pool_chunk: int = Field(4096, ge=64, description="pool rows scored per chunk")
+    pool_shortlist: int = Field(256, ge=1, description="pool rows the MC acquisition re-scores after screening")
+    ts_candidates: int = Field(1024, ge=16, description="candidates per Thompson draw")
+    cost_aware: Literal["none", "divide", "route", "both"] = Field(
+        "none", description="divide: value per second of travel + dwell; route: order each batch as a short path"
+    )
+    dwell: float = Field(1.0, ge=0, description="seconds a measurement takes, added to travel when dividing")
+    dtype: Literal["float64", "float32"] = "float64"
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
+    num_threads: int | None = Field(
+        1, ge=1,
+        description="torch threads while proposing (None: leave torch's setting). GP work at these sizes is "
+        "per-call overhead; on a busy machine extra threads spin at barriers and run ~10x slower",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {v!r}")
+        return v
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (problem seed, history length, pending count ...)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class BotorchPolicy:
+    """Bayesian optimisation with BoTorch: single or multi-objective, constrained, batch, pools, cost-aware."""
+
+    Options = BotorchOptions
+
+    def __init__(self, problem: Problem, options: BotorchOptions | None = None):
+        self.problem = problem
+        self.space = problem.space
+        self.options = opts = options or BotorchOptions()
+        self.outcomes = Outcomes.from_problem(problem)
+        if not problem.objectives:
+            raise ValueError("the botorch policy needs at least one objective")
+        name = opts.acquisition
+        if self.outcomes.multi:
+            if name in ("ucb", "ts"):
+                raise ValueError(f"acquisition {name!r} takes one objective; with several use qlognehvi (default) or variance")
+            name = "qlognehvi" if name == "qlognei" else name
+        elif name == "qlognehvi":
+            raise ValueError("qlognehvi needs two or more objectives; use qlognei for one")
+        self.acquisition = name
+        d = self.space.dim
+        self.initial = opts.initial if opts.initial is not None else max(2 * d + 2, 5)
+        device = opts.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model_settings = ModelSettings(
+            fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
+            warm_start=opts.warm_start, fit_maxiter=opts.fit_maxiter,
+            cat_dims=tuple(i for i, c in enumerate(self.space.categorical) if c),
+            dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
+        )
+        self.search_settings = SearchSettings(
+            num_restarts=opts.num_restarts, raw_samples=opts.raw_samples, maxiter=opts.maxiter,
+            batch_mode=opts.batch_mode, pool_chunk=opts.pool_chunk, pool_shortlist=opts.pool_shortlist,
+            ts_candidates=opts.ts_candidates, beta=opts.beta,
+        )
+        self.travel = None
+        if problem.move_cost is not None and opts.cost_aware != "none":
+            self.travel = TravelCost(problem.move_cost, opts.dwell)
+        self._cache = HyperparameterCache()  # an optimisation only (warm starts)
+        self._sobol = SobolPolicy(problem)
+
+    # -----------------------------------------------------------------------------------------
+
+    def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
+        """n proposals (fewer when a pool runs out), avoiding pending trials; never raises on bad data."""
+        pending = list(pending or [])
+        if n <= 0:
+            return []
+        seed = derive_seed(self.problem.seed, len(history), len(pending))
+        issued = len(history) + len(pending)
+        if issued < self.initial:
+            return self._sobol_points(history, n, pending, {"initial_design": True, "initial": self.initial})
+        data = self._training_data(history)
+        counts = np.isfinite(data.Y).sum(axis=0)
+        if (counts < 2).any():
+            short = [m for m, c in zip(data.metrics, counts) if c < 2]
+            return self._sobol_points(
+                history, n, pending, {"initial_design": False, "fallback": f"too few completed observations of {short} to fit a model"}
+            )
+        try:
+            with _threads(self.options.num_threads), manual_seed(seed):
+                return self._model_points(history, n, pending, data, seed)
+        except Exception as exc:  # noqa: BLE001 - a proposal must always come back; the reason says why
+            logger.warning("botorch policy fell back to Sobol points: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return self._sobol_points(history, n, pending, {"initial_design": False, "fallback": f"{type(exc).__name__}: {exc}"})
+
+    # -----------------------------------------------------------------------------------------
+
+    def _sobol_points(self, history: History, n: int, pending: list[Proposal], extra: dict[str, Any]) -> list[Proposal]:
+        out = self._sobol.propose(history, n, pending)
+        for p in out:
+            p.reason = {"policy": "botorch", "acquisition": "sobol", **extra, "sequence": p.reason.get("sequence")}
+        return out
+
+    def _training_data(self, history: History) -> TrainingData:
+        metrics = list(self.outcomes.metrics)
+        X = history.X(self.space.dim)
+        Y = history.Y(metrics)
+        Yvar = history.Yvar(metrics) if self.options.fixed_noise else None
+        Y = np.where(np.isfinite(Y), Y, np.nan)
+        keep = np.isfinite(Y).any(axis=1) & np.isfinite(X).all(axis=1)
+        if Yvar is not None and not np.isfinite(Yvar[keep]).all():
+            Yvar = None
+        return TrainingData(X=X[keep], Y=Y[keep], Yvar=None if Yvar is None else Yvar[keep], metrics=metrics)
+
+    def _anchors(self, data: TrainingData) -> np.ndarray:
+        """Rows of the best observed trials: the incumbent, or the feasible Pareto set."""
+        Yt = torch.as_tensor(data.Y)
+        obj = self.outcomes.objective_values(Yt).numpy()
+        violation = self.outcomes.violation(torch.nan_to_num(Yt, nan=0.0)).numpy()
+        ok = np.isfinite(obj).all(axis=1)
+        feasible = ok & (violation <= 0)
+        pool = feasible if feasible.any() else ok
+        if self.outcomes.multi:
+            return np.flatnonzero(pareto_mask(np.where(pool[:, None], obj, np.nan), [True] * obj.shape[1]))[:64]
+        score = np.where(pool, obj[:, 0], -np.inf)
+        return np.array([int(np.argmax(score))])
+
+    def _start(self, history: History, pending: list[Proposal]) -> np.ndarray | None:
+        if pending:
+            return np.asarray(pending[-1].x, dtype=float)
+        if len(history):
+            return np.asarray(history.observations[-1].x, dtype=float)
+        return None
+
+    def _model_points(self, history: History, n: int, pending: list[Proposal], data: TrainingData, seed: int) -> list[Proposal]:
+        opts, space = self.options, self.space
+        t0 = time.perf_counter()
+        fitted = fit_model(data, self._anchors(data), self.model_settings, self._cache)
+        t_fit = time.perf_counter() - t0
+        reason: dict[str, Any] = {"policy": "botorch", "acquisition": self.acquisition, "initial_design": False, "seed": seed}
+        if fitted.jitter is not None:
+            reason["fallback"] = f"model refitted with jitter {fitted.jitter:g} after: {fitted.fit_error}"
+        reason["model"] = {
+            "kind": type(fitted.model).__name__, "n_train": len(fitted.rows), "n_fit": fitted.n_fit,
+            "refit": fitted.refit, "warm_start": fitted.warm_started,
+        }
+        ref_t = None
+        if self.outcomes.multi:
+            obj_cols = [self.outcomes.metrics[j] for j in self.outcomes.objective_index]
+            ref, inferred = reference_point(history.Y(obj_cols), self.problem.objectives)
+            if not np.isfinite(ref).all():
+                raise ValueError("cannot infer a hypervolume reference point: no completed trial has every objective")
+            ref_t = fitted.tensor(ref * np.asarray(self.outcomes.signs))
+            reason["ref_point"] = dict(zip(obj_cols, map(float, ref)))
+            reason["ref_point_inferred"] = inferred
+        pend = [np.asarray(p.x, dtype=float) for p in pending]
+        if opts.avoid_failed and space.pool is None:
+            pend += [np.asarray(o.x, dtype=float) for o in history.observations if o.status == "failed"][-MAX_FAILED_AVOIDED:]
+        start = self._start(history, pending)
+        divide = self.travel is not None and opts.cost_aware in ("divide", "both") and start is not None
+        ctx = SearchContext(
+            fitted=fitted, outcomes=self.outcomes, space=space, settings=self.search_settings,
+            pending=np.vstack(pend) if pend else np.zeros((0, space.dim)),
+            cost=self.travel if divide else None, start=start, ref_point=ref_t,
+        )
+        builder = AcquisitionBuilder(
+            self.acquisition, fitted, self.outcomes, mc_samples=opts.mc_samples, seed=seed, beta=opts.beta, ref_point=ref_t,
+        )
+        if space.pool is not None:
+            taken = history.used_pool_indices() | {p.pool_index for p in pending if p.pool_index is not None}
+            picks = search_pool(builder, self.acquisition, ctx, n, taken)
+            reason["search"] = "pool"
+            reason["pool_free"] = int(len(space.pool) - len(taken))
+        else:
+            picks = search_space(builder, self.acquisition, ctx, n, seed)
+            reason["search"] = "mixed" if any(k is not None for k in space.levels) else "continuous"
+        reason["seconds_spent"] = {"fit": round(t_fit, 4), "search": round(time.perf_counter() - t0 - t_fit, 4)}
+        if self.travel is not None and picks:
+            if opts.cost_aware in ("route", "both") and len(picks) > 1:
+                order = order_route(self.travel, start, np.vstack([p.x for p in picks]))
+                picks = [picks[i] for i in order]
+            previous = start
+            for p in picks:  # travel + dwell along the batch as it will be measured
+                p.seconds = float(self.travel.seconds(previous, p.x[None, :])[0])
+                previous = p.x
+        return self._proposals(picks, fitted, reason)
+
+    def _proposals(self, picks: list[Pick], fitted: FittedModel, reason: dict[str, Any]) -> list[Proposal]:
+        if not picks:
+            return []
+        X = np.vstack([p.x for p in picks])
+        mean, std = marginal_posterior(fitted, fitted.tensor(X))
+        mean, std = mean.cpu().numpy(), std.cpu().numpy()
+        out = []
+        for k, p in enumerate(picks):
+            r = dict(reason)
+            r["acquisition_value"] = p.value
+            r["predicted"] = {m: {"mean": float(mean[k, j]), "std": float(std[k, j])} for j, m in enumerate(self.outcomes.metrics)}
+            r["batch"] = {"index": k, "size": len(picks)}
+            if p.seconds is not None:
+                r["seconds"] = p.seconds
+                r["log_value_per_second"] = p.utility
+            out.append(Proposal(x=np.asarray(p.x, dtype=float).copy(), pool_index=p.pool_index, reason=r))
+        return out

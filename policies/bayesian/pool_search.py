@@ -1,0 +1,149 @@
+"""How we search a pool: a finite table of candidates (scan grid, target catalogue, data-set rows).
+
+Every free row (not completed, failed or pending; feasible) is scored in chunks by a cheap
+analytic stand-in of the acquisition computed from exact marginal posteriors (LogEI, UCB,
+optimistic hypervolume improvement, each with log P(feasible)); the MC acquisition then picks a
+greedy batch among the best `pool_shortlist` rows, earlier picks becoming X_pending. Maximum
+variance re-scores the whole pool after each pick (with the pick as a fantasy); Thompson
+sampling draws jointly over the best `ts_candidates` rows by a wide UCB.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from policies.bayesian.acquisition import (
+    AcquisitionBuilder,
+    best_observed,
+    nondominated_cells,
+    per_cost,
+    screen_scores,
+)
+from policies.bayesian.models import marginal_posterior, with_fantasies
+from policies.bayesian.search import Pick, SearchContext, evaluate, thompson_picks
+from policies.pareto import pareto_mask
+
+def screen_context(ctx: SearchContext) -> dict:
+    """Incumbent value (single objective) or the non-dominated cells of the predicted front (several)."""
+    fitted, outcomes = ctx.fitted, ctx.outcomes
+    mean, std = marginal_posterior(fitted, fitted.train_X)
+    out = {"best": best_observed(mean, std, outcomes), "beta": ctx.settings.beta, "y_std": fitted.y_std}
+    if outcomes.multi:
+        obj = outcomes.objective_values(mean)
+        if outcomes.constraints:
+            feasible = outcomes.violation(mean) <= 0
+            obj = obj[feasible] if feasible.any() else obj[:0]
+        front = obj[torch.as_tensor(pareto_mask(obj.cpu().numpy(), [True] * obj.shape[1]), device=obj.device)] if len(obj) else obj
+        front = front[(front > ctx.ref_point).all(-1)] if len(front) else front
+        out["cells"] = nondominated_cells(front, ctx.ref_point)
+    return out
+
+
+def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContext, q: int, taken: set[int]) -> list[Pick]:
+    """Up to q distinct, untaken pool rows maximising acquisition `name`."""
+    pool, s = ctx.space.pool, ctx.settings
+    free = np.ones(len(pool), dtype=bool)
+    if taken:
+        free[np.fromiter(taken, dtype=int, count=len(taken))] = False
+    if ctx.space.linear_constraints:
+        free &= ctx.space.feasible(pool)
+    idx = np.flatnonzero(free)
+    if len(idx) == 0:
+        return []
+    q = min(q, len(idx))
+    Xf = ctx.tensor(pool[idx])
+    sc = screen_context(ctx)
+    if name == "variance":
+        return _pool_greedy_believer(ctx, idx, Xf, q, sc, builder)
+    # pending trials as fantasies, so that the shortlist is not crowded around them
+    model = with_fantasies(ctx.fitted, ctx.pending) if len(ctx.pending) else ctx.fitted.model
+    mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk)
+    scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
+    if ctx.cost is not None:
+        screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")
+        ref = float(sc["best"][0]) if screen_scale == "raw" else 0.0
+        scores = per_cost(scores, scores.new_tensor(ctx.cost.seconds(ctx.start, pool[idx])), screen_scale, ref)
+    k = min(len(idx), max(s.ts_candidates if name == "ts" else s.pool_shortlist, 4 * q))
+    top = torch.topk(scores, k).indices.cpu().numpy()
+    if name == "ts":
+        return thompson_picks(ctx, pool[idx[top]], idx[top], q, builder)
+    return _pool_greedy_mc(ctx, builder, idx[top], q)
+
+
+def _pool_greedy_mc(ctx: SearchContext, builder: AcquisitionBuilder, rows: np.ndarray, q: int) -> list[Pick]:
+    """Greedy batch over pool rows with the MC acquisition, earlier picks becoming X_pending."""
+    pool = ctx.space.pool
+    picks: list[Pick] = []
+    alive = np.ones(len(rows), dtype=bool)
+    previous = ctx.start
+    for _ in range(q):
+        acqf = builder.build(ctx.pending_with(picks))
+        values = torch.full((len(rows),), -float("inf"), dtype=ctx.fitted.train_X.dtype, device=ctx.fitted.train_X.device)
+        live = np.flatnonzero(alive)
+        scored = evaluate(acqf, pool[rows[live]], ctx, chunk=256)
+        values[torch.as_tensor(live, device=values.device)] = torch.nan_to_num(scored, nan=-1e300, neginf=-1e300)
+        utility, seconds = values, None
+        if ctx.cost is not None:
+            seconds = ctx.cost.seconds(previous, pool[rows])
+            utility = per_cost(values, values.new_tensor(seconds), builder.scale, builder.reference)
+            utility[torch.as_tensor(~alive, device=utility.device)] = -float("inf")
+        i = int(torch.argmax(utility))
+        if not alive[i]:
+            break
+        alive[i] = False
+        picks.append(Pick(
+            x=pool[rows[i]], value=float(values[i]), pool_index=int(rows[i]),
+            utility=None if seconds is None else float(utility[i]), seconds=None if seconds is None else float(seconds[i]),
+        ))
+        previous = pool[rows[i]]
+    return picks
+
+
+def _pool_greedy_believer(
+    ctx: SearchContext, idx: np.ndarray, Xf: torch.Tensor, q: int, sc: dict, builder: AcquisitionBuilder | None
+) -> list[Pick]:
+    """Greedy maximum-variance batch: each pick is added as a fantasy before scoring the next.
+
+    Conditioning only lowers variances, so after the first full pass later picks re-score just
+    the rows that started highest; a row outside them cannot win while the shortlist's best
+    stays above the shortlist's entry bar (otherwise the whole pool is re-scored). Exact up to
+    the fantasy model's re-standardisation. With travel costs every pass scores every row.
+    """
+    pool = ctx.space.pool
+    picks: list[Pick] = []
+    alive = torch.ones(len(idx), dtype=torch.bool, device=Xf.device)
+    previous = ctx.start
+    rows = torch.arange(len(idx), device=Xf.device)  # rows scored in this pass
+    bar = -float("inf")
+    for _ in range(q):
+        pend = ctx.pending_with(picks)
+        model = with_fantasies(ctx.fitted, pend) if pend is not None else ctx.fitted.model
+        mean, std = marginal_posterior(model, Xf[rows], chunk=ctx.settings.pool_chunk)
+        values = torch.full((len(idx),), -float("inf"), dtype=Xf.dtype, device=Xf.device)
+        values[rows] = screen_scores("variance", mean, std, ctx.outcomes, **sc)
+        utility, seconds = values.clone(), None
+        if ctx.cost is not None:
+            seconds = ctx.cost.seconds(previous, pool[idx])
+            utility = per_cost(values, values.new_tensor(seconds), "positive")
+        utility[~alive] = -float("inf")
+        i = int(torch.argmax(utility))
+        if len(rows) < len(idx) and float(values[i]) < bar:
+            rows = torch.arange(len(idx), device=Xf.device)  # the bound failed: score everything again
+            mean, std = marginal_posterior(model, Xf, chunk=ctx.settings.pool_chunk)
+            values = screen_scores("variance", mean, std, ctx.outcomes, **sc)
+            utility = values.clone()
+            utility[~alive] = -float("inf")
+            i = int(torch.argmax(utility))
+        if not alive[i]:
+            break
+        alive[i] = False
+        picks.append(Pick(
+            x=pool[idx[i]], value=float(values[i]), pool_index=int(idx[i]),
+            utility=None if seconds is None else float(utility[i]), seconds=None if seconds is None else float(seconds[i]),
+        ))
+        previous = pool[idx[i]]
+        keep = min(len(idx), max(8 * ctx.settings.pool_shortlist, 2048))
+        if ctx.cost is None and len(rows) == len(idx) and keep < len(idx):
+            top = torch.topk(values, keep)
+            rows, bar = top.indices, float(top.values[-1])
+    return picks
