@@ -208,7 +208,7 @@ def _optimise(model: Model, maxiter: int, warm: bool = False) -> None:
     """Maximise the marginal likelihood (L-BFGS-B); a warm start stops at a looser tolerance."""
     options: dict[str, Any] = {"maxiter": maxiter}
     if warm:
-        options.update(maxiter=min(maxiter, WARM_MAXITER), ftol=WARM_FTOL)
+        options.update(maxiter=min(maxiter, WARM_MAXITER), ftol=WARM_FTOL, factr=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit_gpytorch_mll(
