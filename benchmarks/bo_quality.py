@@ -1,0 +1,217 @@
+"""Optimisation quality of aec's policies against Ax and the baselines, side by side in one process.
+
+Single objective: simple regret after 50 evaluations on Branin, Hartmann6 and Ackley (6-d).
+Multi-objective: hypervolume after 40 evaluations on BraninCurrin, DTLZ2 (d=6) and VehicleSafety.
+Each (problem, policy, seed) is one run, appended to the --out JSON as soon as it finishes, so an
+interrupted benchmark resumes where it stopped. Prints median and IQR per (problem, policy), says
+whether aec's BoTorch policy is at least as good as Ax by the median, and draws the median curves.
+
+    python benchmarks/bo_quality.py --seeds 5 --out benchmarks/out/bo_quality.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bo_common import (
+    OUT_DIR,
+    build_policy,
+    environment,
+    fmt,
+    hypervolume_trace,
+    make_problem,
+    parse_json_option,
+    parse_list,
+    print_table,
+    regret_trace,
+    ResultFile,
+    run_campaign,
+    summary,
+)
+
+SINGLE = ["branin", "hartmann6", "ackley6"]
+MULTI = ["branincurrin", "dtlz2", "vehiclesafety"]
+POLICIES = ["random", "sobol", "botorch", "ax"]
+AEC, AX = "botorch", "ax"
+# Named variants: label -> (policy kind, options). Ax starts at the centre of the box, which is
+# the optimum of Ackley and a Pareto-optimal point of DTLZ2; "ax-nocenter" removes that luck.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"ax-nocenter": ("ax", {"center": False})}
+
+
+def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: dict[str, Any]) -> dict[str, Any]:
+    sim, prob = make_problem(problem, seed)
+    record: dict[str, Any] = {"problem": problem, "policy": policy, "seed": seed, "budget": budget, "q": q}
+    t0 = time.perf_counter()
+    try:
+        kind, preset = VARIANTS.get(policy, (policy, {}))
+        pol = build_policy(kind, prob, {**preset, **(options.get(kind) or {})})
+        history, seconds = run_campaign(pol, sim, budget, q)
+    except Exception as exc:  # a broken policy must not stop the other runs
+        record.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        return record
+    multi = sim.multi_objective
+    trace = hypervolume_trace(sim, history) if multi else regret_trace(sim, history)
+    record.update(
+        measure="hypervolume" if multi else "regret",
+        trace=trace,
+        final=trace[-1],
+        seconds=time.perf_counter() - t0,
+        propose_seconds=seconds,
+        max_hv=sim.max_hv if multi else None,
+    )
+    return record
+
+
+def report(results: ResultFile, problems: list[str], policies: list[str], plain: bool) -> dict[str, Any]:
+    """Tables of median [IQR] per (problem, policy) and the aec-vs-Ax verdicts."""
+    out: dict[str, Any] = {}
+    for measure, names, better in (("regret", SINGLE, "lower"), ("hypervolume", MULTI, "higher")):
+        rows = []
+        for problem in [p for p in problems if p in names]:
+            stats = {}
+            for policy in policies:
+                runs = [r for r in results.runs if r["problem"] == problem and r["policy"] == policy and "final" in r]
+                errors = [r for r in results.runs if r["problem"] == problem and r["policy"] == policy and "error" in r]
+                s = summary(r["final"] for r in runs)
+                s["errors"] = len(errors)
+                s["propose_s"] = float(np.median([t for r in runs for t in r["propose_seconds"]])) if runs else None
+                s["run_s"] = float(np.median([r["seconds"] for r in runs])) if runs else None
+                stats[policy] = s
+                rows.append(
+                    [
+                        problem,
+                        policy,
+                        str(s["n"]) + (f" (+{len(errors)} failed)" if errors else ""),
+                        fmt(s["median"]),
+                        f"[{fmt(s['q25'])}, {fmt(s['q75'])}]",
+                        fmt(s["run_s"]),
+                    ]
+                )
+            verdicts: dict[str, bool] = {}
+            for ax in [p for p in policies if p == AX or VARIANTS.get(p, ("",))[0] == AX]:
+                if AEC in stats and ax in stats and stats[AEC]["n"] and stats[ax]["n"]:
+                    a, b = stats[AEC]["median"], stats[ax]["median"]
+                    verdicts[ax] = bool(a <= b) if measure == "regret" else bool(a >= b)
+                    rows.append([problem, f"aec >= {ax} ({better} is better)", "", "yes" if verdicts[ax] else "no", "", ""])
+            out[problem] = {
+                "measure": measure,
+                "stats": stats,
+                "aec_at_least_as_good_as_ax": verdicts.get(AX),
+                "aec_at_least_as_good_as": verdicts,
+            }
+        if rows:
+            print_table(
+                f"{'simple regret' if measure == 'regret' else 'hypervolume'} after the budget (median over seeds)",
+                ["problem", "policy", "seeds", "median", "IQR", "s/run"],
+                rows,
+                plain,
+            )
+    return out
+
+
+def plot(results: ResultFile, problems: list[str], policies: list[str], path: Path) -> Path | None:
+    """Median curves with IQR bands, one panel per problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in problems if any(r["problem"] == p and "trace" in r for r in results.runs)]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    for ax, problem in zip(axes.flat, panels):
+        measure = "regret"
+        for policy in policies:
+            traces = [r["trace"] for r in results.runs if r["problem"] == problem and r["policy"] == policy and "trace" in r]
+            if not traces:
+                continue
+            measure = next(r["measure"] for r in results.runs if r["problem"] == problem and "measure" in r)
+            length = min(len(t) for t in traces)
+            T = np.array([t[:length] for t in traces])
+            x = np.arange(1, length + 1)
+            q25, med, q75 = np.percentile(T, [25, 50, 75], axis=0)
+            ax.plot(x, med, label=f"{policy} ({len(traces)})")
+            ax.fill_between(x, q25, q75, alpha=0.2)
+        if measure == "regret":
+            ax.set_yscale("log")
+        ax.set_title(problem)
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("simple regret" if measure == "regret" else "hypervolume")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 per (problem, policy)")
+    parser.add_argument("--problems", default=",".join(SINGLE + MULTI), help="comma-separated: " + ", ".join(SINGLE + MULTI))
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help=f"comma-separated policy kinds or variants ({', '.join(VARIANTS)})"
+    )
+    parser.add_argument("--budget", type=int, default=50, help="evaluations for single-objective problems")
+    parser.add_argument("--budget-multi", type=int, default=40, help="evaluations for multi-objective problems")
+    parser.add_argument("--q", type=int, default=1, help="batch size per propose")
+    parser.add_argument("--botorch-options", help="JSON options for the botorch policy, e.g. '{\"initial\": 10}'")
+    parser.add_argument("--ax-options", help="JSON options for the ax policy")
+    parser.add_argument("--out", default=str(OUT_DIR / "bo_quality.json"), help="results JSON (appended run by run)")
+    parser.add_argument("--figure", default=None, help="PNG path (default: next to --out, .png)")
+    parser.add_argument("--redo-errors", action="store_true", help="run again the runs that raised")
+    parser.add_argument("--report-only", action="store_true", help="summarise --out without running anything")
+    parser.add_argument("--plain", action="store_true", help="plain-text tables")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING)
+    problems, policies = parse_list(args.problems), parse_list(args.policies)
+    unknown = [p for p in problems if p not in SINGLE + MULTI]
+    if unknown:
+        parser.error(f"unknown problems {unknown}; choose from {SINGLE + MULTI}")
+    options = {"botorch": parse_json_option(args.botorch_options), "ax": parse_json_option(args.ax_options)}
+    results = ResultFile(args.out, "bo_quality", meta={"environment": environment()})
+
+    if not args.report_only:
+        # Seeds outermost, so that a partial run covers every (problem, policy) evenly.
+        for seed in range(args.seeds):
+            for problem in problems:
+                budget = args.budget if problem in SINGLE else args.budget_multi
+                for policy in policies:
+                    key = {"problem": problem, "policy": policy, "seed": seed, "budget": budget, "q": args.q}
+                    done = results.find(**key)
+                    if done is not None and not ("error" in done and args.redo_errors):
+                        continue
+                    record = run_one(problem, policy, seed, budget, args.q, options)
+                    kind, preset = VARIANTS.get(policy, (policy, {}))
+                    record["options"] = {**preset, **(options.get(kind) or {})}
+                    results.add(record, replace_key=key)
+                    status = record.get("error") or f"{record['measure']} {fmt(record['final'])} in {record['seconds']:.0f} s"
+                    print(f"seed {seed} {problem:>13} {policy:>8}: {status}", flush=True)
+
+    results.reload()
+    summary_out = report(results, problems, policies, args.plain)
+    results.data["summary"] = summary_out
+    results.save()
+    figure = Path(args.figure) if args.figure else Path(args.out).with_suffix(".png")
+    written = plot(results, problems, policies, figure)
+    if written:
+        print(f"figure: {written}")
+    print(json.dumps({"benchmark": "bo_quality", "results": args.out, "summary": summary_out}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
