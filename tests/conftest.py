@@ -33,6 +33,13 @@ INSTRUMENTS = textwrap.dedent('''
         time.sleep(float(os.environ.get("AEC_TEST_SLEEP", "0.05")))
         return branin(p)
 
+    def slow_spectrum(p):
+        import numpy as np
+        time.sleep(float(os.environ.get("AEC_TEST_SLEEP", "0.05")))
+        channels = np.linspace(0.0, 1.0, 32)
+        line = np.exp(-0.5 * ((channels - p["x0"]) / 0.05) ** 2) * (3.0 if p["x1"] > 0.9 else 1.0)
+        return {**branin(p), "data": (line + 0.01 * np.sin(40 * p["x1"] * channels)).astype(np.float32)}
+
     def wrong_metric(p):
         return {"z": 1.0}
 ''')

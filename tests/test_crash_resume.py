@@ -106,3 +106,36 @@ def test_resume_after_kill_before_any_completion(write_campaign, delay):
         recs = s.trials()
     assert [r.status for r in recs] == ["completed"] * 4
     assert recs[0].attempts == 2
+
+
+def test_sigkill_with_novelty_selection_then_resume_keeps_every_decision_and_data_product(write_campaign):
+    selection = {"kind": "autoencoder", "warmup": 8, "keep_fraction": 0.3, "epochs": 40, "patience": 10,
+                 "retrain_every": 10, "device": "cpu"}
+    path = write_campaign(target="fns:slow_spectrum", trials=30, policy={"kind": "random"}, selection=selection)
+    store = Path(str(path).replace(".yaml", ".db"))
+    env = {"AEC_TEST_SLEEP": "0.1"}
+    proc = _aec("run", str(path), "--quiet", env=env)
+    before: dict = {}
+    for _ in range(600):
+        if store.exists() and len(_completed(store)) >= 14:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    with Store(store) as s:
+        before = {r.id: (r.kept, r.decision, r.novelty, r.pvalue) for r in s.trials() if r.status == "completed"}
+    assert any(nov is not None for _, _, nov, _ in before.values()), "no measurement was scored before the kill"
+    res = _aec("resume", str(store), "--quiet", env={"AEC_TEST_SLEEP": "0"})
+    out, err = res.communicate(timeout=180)
+    assert res.returncode == 0, err
+    with Store(store) as s:
+        recs = [r for r in s.trials() if r.status == "completed"]
+        data_dir = Path(str(store) + ".data")
+        assert len(recs) == 30
+        for r in recs:
+            if r.id in before:
+                assert (r.kept, r.decision, r.novelty, r.pvalue) == before[r.id], f"trial {r.id} was rescored"
+            assert r.decision, f"trial {r.id} has no journaled decision"
+            on_disk = r.data_path is not None and (store.parent / r.data_path).exists()
+            assert on_disk == bool(r.kept), f"trial {r.id}: kept={r.kept} but data on disk={on_disk}"
+        assert sum(1 for f in data_dir.iterdir() if f.suffix == ".npy") == sum(bool(r.kept) for r in recs)
