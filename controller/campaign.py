@@ -342,7 +342,9 @@ class Campaign:
         trial, attempts = result.trial, self.config.executor.attempts
         error, retryable = result.error, result.retryable
         if result.ok:
-            missing = [o.metric for o in self.objectives if o.metric not in result.measurement.metrics]
+            scored_later = {"novelty"} if not isinstance(self.selector, KeepAll) else set()  # none before the first model
+            missing = [o.metric for o in self.objectives
+                       if o.metric not in result.measurement.metrics and o.metric not in scored_later]
             if missing:
                 error = (f"the instrument returned no {', '.join(map(repr, missing))} "
                          f"(it returned {sorted(result.measurement.metrics)})")

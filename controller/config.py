@@ -359,6 +359,10 @@ def _section_problems(cfg: CampaignConfig) -> list[str]:
         problems += [f"policy.{p}: {m}" for p, m in exc.errors]
     if cfg.selection.kind == "autoencoder":
         problems += _selection_problems(cfg)
+    else:
+        for section, items in (("objectives", cfg.objectives), ("constraints", cfg.constraints)):
+            problems += [f"{section}[{i}].metric: 'novelty' is scored by data selection; set selection.kind: autoencoder"
+                         for i, item in enumerate(items) if item.metric == "novelty"]
     if cfg.space is not None and cfg.space.parameters:
         params = {p.name: p for p in cfg.space.parameters}
         for i, text in enumerate(cfg.space.constraints):
