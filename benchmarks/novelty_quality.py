@@ -12,8 +12,7 @@ reconstruction error alone (ae-reconstruction), sklearn's IsolationForest, and P
 error with as many components as the autoencoder's latent width (8).
 Metrics: AUROC (known vs novel), and recall of novel items at a 5% keep budget when novel items
 are 2% of the stream (top 5% by score, averaged over resampled mixtures); for the autoencoder also
-the recall of `select` (p < 0.05, budget 5%) on the same mixtures. Simulator cases are skipped with
-a message when the simulator cannot be imported.
+the recall of `select` (p < 0.05, budget 5%) on the same mixtures.
 
     python benchmarks/novelty_quality.py --seeds 3 [--cases digits,telescope,microscope] [--out FILE]
 """
@@ -257,28 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     names = [n for n in CASES if any(n == w or n.startswith(w) for w in wanted)]
     rows: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
     t0 = time.perf_counter()
     for name in names:
         for seed in range(args.seeds):
-            try:
-                rows += run_case(name, seed)
-            except ImportError as exc:
-                skipped[name] = f"simulator not importable yet: {exc}"
-                print(f"skip {name}: {skipped[name]}", flush=True)
-                break
-            except Exception as exc:  # a simulator still being written: report, go on
-                if name.startswith(("telescope", "microscope")):
-                    skipped[name] = f"{type(exc).__name__}: {exc}"
-                    print(f"skip {name}: {skipped[name]}", flush=True)
-                    break
-                raise
+            rows += run_case(name, seed)
             print(f"{name} seed {seed}: " + ", ".join(f"{r['method']} {r['auroc']:.3f}" for r in rows[-len(COLUMNS):]), flush=True)
     summary = summarise(rows)
     if summary:
         print_table(summary)
     result = {"benchmark": "novelty_quality", "seconds": round(time.perf_counter() - t0, 1), "seeds": args.seeds,
-              "budget": BUDGET, "prevalence": PREVALENCE, "level": LEVEL, "summary": summary, "skipped": skipped,
+              "budget": BUDGET, "prevalence": PREVALENCE, "level": LEVEL, "summary": summary,
               "runs": rows, "environment": {"python": platform.python_version(), "torch": torch.__version__,
                                             "threads": torch.get_num_threads()}}
     text = json.dumps(result, indent=1)
