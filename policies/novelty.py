@@ -5,8 +5,8 @@ The Selector seam in three pieces that compose:
 * `NoveltyDetector.fit(known)` trains an autoencoder (`policies/autoencoders.py`) on part of the
   known data, early-stops on another part and scores a third, held-out part for calibration.
 * `NoveltyDetector.score(batch)` gives one score per sample (higher is more novel): by default
-  (`score="combined"`) the reconstruction error plus the squared Mahalanobis distance of the
-  latent code to the training codes, each in units of its median on known data. The first
+  (`score="combined"`) the larger of the reconstruction error and the squared Mahalanobis distance
+  of the latent code to the training codes, each in units of its upper tail on known data. The first
   catches shapes the network never learned (a digit of another class, a streak across a
   cutout); the second catches known shapes in unknown amounts (a spectrum dominated by a phase
   that was only ever a trace), which an autoencoder reconstructs well by extrapolating.
@@ -107,6 +107,17 @@ def _float32_rows(X: np.ndarray) -> np.ndarray:
     return A if A.flags.writeable else A.copy()
 
 
+def _tail_units(values: np.ndarray) -> tuple[float, float]:
+    """Median and (95th percentile - median) of a score component on known data: its zero and unit."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return 0.0, 1.0
+    med = float(np.median(v))
+    spread = float(np.quantile(v, 0.95)) - med
+    return med, (spread if spread > 1e-12 else max(abs(med), 1.0))
+
+
 class NoveltyDetector:
     """An autoencoder of the known data with calibrated novelty scores; see the module docstring.
 
@@ -123,7 +134,7 @@ class NoveltyDetector:
         self.calibration = np.zeros(0)
         self.latent_mean = np.zeros(0)
         self.latent_whiten = np.zeros((0, 0))
-        self.norms = (1.0, 1.0)
+        self.norms = (0.0, 1.0, 0.0, 1.0)  # median and 95th-percentile spread of each component on known data
         self.centres = np.zeros((0, 0))
         self.report = None
 
@@ -172,10 +183,11 @@ class NoveltyDetector:
         cov = np.atleast_2d(np.cov(z, rowvar=False)) if len(z) > 1 else np.eye(z.shape[1])
         cov = 0.9 * cov + 0.1 * (np.trace(cov) / len(cov) + 1e-6) * np.eye(len(cov))  # shrinkage
         self.latent_whiten = np.linalg.cholesky(np.linalg.inv(cov))
-        # `combined` adds the two components in units of their medians on known data (data the
-        # network was not fitted to, when there is enough of it), so each counts about as much.
-        recon, maha, _ = self._raw_scores(X_val if len(X_val) >= 20 else X_train, latent=False)
-        self.norms = (float(np.median(recon)) or 1.0, float(np.median(maha)) or 1.0)
+        # `combined` takes the larger of the two components, each in units of its upper tail on the
+        # training data: novel data often stand out in only one of them (another digit in the
+        # reconstruction, a dim phase in the latent space), and a sum would dilute that one.
+        recon, maha, _ = self._raw_scores(X_train, latent=False)
+        self.norms = (*_tail_units(recon), *_tail_units(maha))
         self.centres = self._kmeans(z, rng)
         self.calibration = np.sort(self.score(X_cal))
         return self
@@ -212,7 +224,8 @@ class NoveltyDetector:
         elif kind == "latent":
             s = maha
         else:
-            s = recon / self.norms[0] + maha / self.norms[1]
+            r0, r1, m0, m1 = self.norms
+            s = np.maximum((recon - r0) / r1, (maha - m0) / m1)
         return np.where(np.isnan(s), np.inf, s)
 
     def _chunks(self, X: np.ndarray):
@@ -381,6 +394,8 @@ class NoveltyDetector:
         det.calibration = d["calibration"].double().numpy()
         det.latent_mean, det.latent_whiten = d["latent_mean"].numpy(), d["latent_whiten"].numpy()
         det.norms = tuple(float(v) for v in d["norms"])
+        if len(det.norms) != 4:
+            raise SelectionError("the novelty checkpoint was written by an older aec (score norms); retrain it")
         det.centres = d["centres"].numpy()
         return det, dict(d["extra"])
 

@@ -67,6 +67,7 @@ class ModelSettings:
     condition_max: int = 512
     refit_every: int | None = None  # None: 1 up to fit_max points, then about n / fit_max
     warm_start: bool = True
+    warm_start_after: int = 100  # below this many fitted points, fits start from BoTorch's defaults
     fit_maxiter: int = 200
     cat_dims: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float64
@@ -283,7 +284,8 @@ def _fit_once(
         sub = build_model(data.X[fit_rows], data.Y[fit_rows], None if Yvar is None else Yvar[fit_rows], settings)
         if jitter is not None:
             _raise_noise_floor(sub, jitter)
-        if settings.warm_start and cache is not None and cache.key == key and jitter is None:
+        if (settings.warm_start and len(fit_rows) >= settings.warm_start_after and cache is not None
+                and cache.key == key and jitter is None):
             warm = load_hyperparameters(sub, cache.state)
         _optimise(sub, settings.fit_maxiter, warm)
         state = hyperparameters(sub)

@@ -71,6 +71,10 @@ class BotorchOptions(BaseModel):
         "default 1 up to fit_max observations, then about n / fit_max",
     )
     warm_start: bool = Field(True, description="start each fit from the last hyperparameters (in memory)")
+    warm_start_after: int = Field(
+        100, ge=0, description="warm-start only fits on this many points or more: smaller fits are cheap, and a "
+        "warm start there can stay in a poor optimum (measured: DTLZ2 hypervolume 0.12 warm vs 0.24 cold)",
+    )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
     pool_chunk: int = Field(4096, ge=64, description="pool rows scored per chunk")
@@ -141,7 +145,7 @@ class BotorchPolicy:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
-            warm_start=opts.warm_start, fit_maxiter=opts.fit_maxiter,
+            warm_start=opts.warm_start, warm_start_after=opts.warm_start_after, fit_maxiter=opts.fit_maxiter,
             cat_dims=tuple(i for i, c in enumerate(self.space.categorical) if c),
             dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
         )
