@@ -67,7 +67,7 @@ class ModelSettings:
     condition_max: int = 512
     refit_every: int | None = None  # None: 1 up to fit_max points, then about n / fit_max
     warm_start: bool = True
-    warm_start_after: int = 100  # below this many fitted points, fits start from BoTorch's defaults
+    warm_start_after: int = 30  # below this many fitted points, fits start from BoTorch's defaults
     fit_maxiter: int = 200
     cat_dims: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float64
