@@ -224,6 +224,8 @@ class Campaign:
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
         best = self.best_value()
+        done_records = [r for r in records if r.status == "completed"]
+        front_note = self._front_note(done_records, None)
         stopped = finishing = ""
         if total is not None and completed >= total:
             stopped = "budget reached"
@@ -269,9 +271,10 @@ class Campaign:
                     if outcome == "completed":
                         completed += 1
                         best = self._better(best, rec)
+                        front_note = self._front_note(done_records, rec)
                     elif outcome == "failed":
                         failed += 1
-                    self.reporter.update(completed, failed, best)
+                    self.reporter.update(completed, failed, best, front_note)
         finally:
             if executor is not None:
                 leftover = executor.running() + backlog
@@ -329,6 +332,19 @@ class Campaign:
             (tid, "started", 1, {}),
         ])
         return Trial(tid, 1, params)
+
+    def _front_note(self, done: list[TrialRecord], rec: TrialRecord | None) -> str:
+        """With several objectives: the Pareto set's size and hypervolume once `rec` is added to `done`."""
+        if len(self.objectives) < 2:
+            return ""
+        if rec is not None:
+            done.append(rec)
+        from controller.results import pareto_summary
+
+        ps = pareto_summary(done, self.objectives, self.constraints)
+        if ps.hypervolume is None:
+            return ""
+        return f"HV {ps.hypervolume:.4g} ({len(ps.trials)} on the front{', inferred ref' if ps.reference_inferred else ''})"
 
     def _better(self, best: float | None, rec: TrialRecord) -> float | None:
         """The best single-objective value after `rec` completed (None for several objectives)."""

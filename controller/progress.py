@@ -38,9 +38,9 @@ class LogReporter:
         self._last = now
         rate = (done - self._done0) / max(now - self._t0, 1e-9)
         eta = (self.total - done) / rate if self.total and rate > 0 else None
-        log.info("%s: %d/%s done, %d failed, best %s, %.2f trials/s, ETA %s", self.name, done,
+        log.info("%s: %d/%s done, %d failed, best %s, %.2f trials/s, ETA %s%s", self.name, done,
                  self.total if self.total is not None else "?", failed, "-" if best is None else f"{best:.6g}",
-                 rate, "-" if eta is None else format_duration(eta))
+                 rate, "-" if eta is None else format_duration(eta), f", {note}" if note else "")
 
     def message(self, text: str) -> None:
         log.info(text)

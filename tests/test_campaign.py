@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from controller import Campaign, Store, load_config
 from controller.progress import SilentReporter
@@ -157,3 +158,24 @@ def test_run_refuses_to_overwrite_a_store(write_campaign, capsys):
     assert main(["run", str(path), "--quiet"]) == 0
     assert main(["run", str(path), "--quiet"]) == 2
     assert "aec resume" in capsys.readouterr().err
+
+
+class _Notes(SilentReporter):
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def update(self, done, failed, best, note=""):
+        self.notes.append(note)
+
+
+def test_multi_objective_progress_reports_the_front_and_hypervolume_after_every_trial(write_campaign):
+    path = write_campaign(trials=10, instrument={"kind": "simulator", "name": "branincurrin"},
+                          objectives=[{"metric": "f0", "goal": "minimize", "threshold": 300.0},
+                                      {"metric": "f1", "goal": "minimize", "threshold": 15.0}], space=None)
+    reporter = _Notes()
+    c = Campaign(load_config(path), reporter=reporter)
+    summary = c.run()
+    assert len(reporter.notes) == 10 and all(n.startswith("HV ") for n in reporter.notes)
+    hvs = [float(n.split()[1]) for n in reporter.notes]
+    assert hvs == sorted(hvs)  # hypervolume never decreases as trials are added
+    assert hvs[-1] == pytest.approx(summary.hypervolume, rel=1e-3)
