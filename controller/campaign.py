@@ -140,7 +140,7 @@ class Campaign:
             try:
                 from controller.triage import load_array
 
-                reference = load_array(path)
+                reference = load_array(path, max_rows=opts.max_known)
             except (OSError, ValueError) as exc:
                 raise UserError(f"selection.reference: {exc}") from None
         try:
@@ -376,7 +376,15 @@ class Campaign:
             self.reporter.message(f"trial {trial.id} failed after {trial.attempt} attempt(s): {error}")
             return "failed", rec
         m = result.measurement
-        decision = self.selector.decide(trial.id, m.data, m.metrics)
+        try:
+            decision = self.selector.decide(trial.id, m.data, m.metrics)
+        except Exception as exc:  # noqa: BLE001 - e.g. a data product of the wrong shape: this trial fails, not the campaign
+            error = f"data selection: {exc}"
+            rec = self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": True})
+            pending.pop(trial.id, None)
+            history.append(self._observation(rec))
+            self.reporter.message(f"trial {trial.id} failed: {error}")
+            return "failed", rec
         metrics = dict(m.metrics)
         if decision.novelty is not None:
             metrics.setdefault("novelty", float(decision.novelty))
@@ -418,7 +426,10 @@ class Campaign:
             return
         blob = self.store.load_checkpoint("selector")
         if blob is not None:
-            self.selector.load_state_bytes(blob)
+            try:
+                self.selector.load_state_bytes(blob)
+            except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint costs a retraining, not the campaign
+                log.warning("the novelty checkpoint could not be loaded (%s); the model is retrained", exc)
         from policies.base import Decision
 
         done = sorted((r for r in records if r.status == "completed"), key=lambda r: r.completed_seq or 0)

@@ -144,10 +144,14 @@ class AxPolicy:
             constraints.append(f"{self._mname[c.metric]} {op} {_number(c.bound)}")
         return objective, constraints
 
-    def _new_client(self) -> Any:
+    def _new_client(self, known: int = 0) -> Any:
+        """A fresh Client. Rebuilt over `known` trials, its Sobol sequence is reseeded and the centre
+        skipped: Ax would otherwise start its initial design again at the points already attached,
+        which come back through decode/encode a few ulps off and escape its duplicate check."""
         from ax import Client
 
-        client = Client(random_seed=self.problem.seed)
+        seed = self.problem.seed + 7919 * known
+        client = Client(random_seed=seed)
         client.configure_experiment(
             parameters=self._parameter_configs,
             parameter_constraints=self._parameter_constraints or None,
@@ -157,8 +161,8 @@ class AxPolicy:
         client.configure_generation_strategy(
             method=self.options.method,
             initialization_budget=self.options.initial,
-            initialization_random_seed=self.problem.seed,
-            initialize_with_center=self.options.center,
+            initialization_random_seed=seed,
+            initialize_with_center=self.options.center and known == 0,
             # Keep instruments busy: Sobol may go on while the first results are awaited.
             allow_exceeding_initialization_budget=True,
             torch_device=self.options.torch_device,
@@ -252,7 +256,7 @@ class AxPolicy:
         if self._client is None or prints[:n_seen] != self._seen:
             if self._client is not None:
                 logger.info("history differs from what Ax has seen; rebuilding the Ax client from %d trials", len(prints))
-            self._client = self._new_client()
+            self._client = self._new_client(known=len(history.observations) + len(pending))
             self._seen, self._open = [], {}
             n_seen = 0
         for obs in history.observations[n_seen:]:
@@ -317,14 +321,18 @@ class AxPolicy:
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         if n <= 0:
             return []
-        self._sync(history, pending)
-        if self.space.pool is not None:
-            return self._propose_pool(history, n, pending)
-        out = []
-        for index, params in self._generate(n).items():
-            self._open[index] = self._key(params)
-            out.append(Proposal(x=self._from_ax(params), reason=self._reason(index)))
-        return out
+        try:
+            self._sync(history, pending)
+            if self.space.pool is not None:
+                return self._propose_pool(history, n, pending)
+            out = []
+            for index, params in self._generate(n).items():
+                self._open[index] = self._key(params)
+                out.append(Proposal(x=self._from_ax(params), reason=self._reason(index)))
+            return out
+        except Exception:
+            self._client = None  # half-updated: the next call rebuilds it from the history
+            raise
 
     def _propose_pool(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """Map each of Ax's points to the nearest unused pool row; Ax's trial is replaced by that row."""

@@ -231,7 +231,7 @@ class NoveltyDetector:
     def _chunks(self, X: np.ndarray):
         """Yield standardised float32 tensors of at most score_batch rows, on the model's device."""
         assert self.scaler is not None
-        bs = max(1, self.options.score_batch)
+        bs = max(1, min(self.options.score_batch, len(X)))
         inv = torch.from_numpy(1.0 / self.scaler.scale)
         shift = torch.from_numpy(-self.scaler.center / self.scaler.scale)
         if self.device.type == "cuda":
@@ -536,6 +536,8 @@ class NoveltySelector:
             ref = _as_rows(reference, "reference data set")
             if len(ref) == 0:
                 raise SelectionError("the reference data set is empty: give known measurements, or none")
+            if len(ref) < MIN_KNOWN:
+                raise SelectionError(f"the reference data set has {len(ref)} rows; at least {MIN_KNOWN} are needed to learn from")
             if len(ref) > options.max_known:
                 ref = ref[np.sort(self._rng.choice(len(ref), options.max_known, replace=False))]
             self._reference, self._shape = np.asarray(ref, dtype=np.float32), tuple(ref.shape[1:])
@@ -651,9 +653,9 @@ class NoveltySelector:
                 decision = self._without_model(nbytes)
             else:
                 decision = self._with_model(model, x, nbytes)
-            if decision.keep and decision.reason != WARMUP:
-                self._kept += 1
+            if decision.keep:
                 self._kept_bytes += nbytes
+                self._kept += decision.reason != WARMUP
             if model is None:  # first model (or a retry after a failed training, every `warmup` measurements)
                 due = self._seen >= o.warmup and (self._generation == 0 or self._seen - self._last_train >= o.warmup)
             else:
@@ -664,6 +666,9 @@ class NoveltySelector:
 
     def _without_model(self, nbytes: int) -> Decision:
         if self._seen <= self.options.warmup:
+            cap = self.options.budget_bytes
+            if cap is not None and self._kept_bytes + nbytes > cap:  # learned from in memory, not written
+                return Decision(novelty=None, keep=False, reason=f"{EXHAUSTED} (warm-up)")
             return Decision(novelty=None, keep=True, reason=WARMUP)
         if self._room(nbytes, share=0.5):  # unscored: spend at most half, keep the rest for the novel
             return Decision(novelty=None, keep=True, reason=NO_MODEL)
@@ -674,7 +679,8 @@ class NoveltySelector:
         scores, z = model.score_with_latent(x[None])
         s = float(scores[0])
         p = float(model.pvalues(scores)[0])
-        model.add_calibration(scores)
+        if p >= o.level:  # only what looks known extends the calibration, so a novel population cannot hide itself
+            model.add_calibration(scores)
         if p < o.level:
             if self._room(nbytes):
                 return Decision(novelty=s, keep=True, pvalue=p, reason=f"novel p={p:.3g} < {o.level:g}")
@@ -728,9 +734,8 @@ class NoveltySelector:
                     continue
                 self._seen += 1
                 if d.keep:
-                    if d.reason != WARMUP:
-                        self._kept += 1
-                        self._kept_bytes += sizes[k]
+                    self._kept += d.reason != WARMUP
+                    self._kept_bytes += sizes[k]
                     k += 1
                     if d.reason == SAMPLE:
                         self._samples += 1
@@ -743,7 +748,8 @@ class NoveltySelector:
             self._known_seen = max(self._known_seen, self._seen)
             if self._model is not None:
                 start = min(self._installed_at, self._seen)
-                scored = [d.novelty for d in [d for d in decisions if d.reason != NO_DATA][start:] if d.novelty is not None]
+                scored = [d.novelty for d in [d for d in decisions if d.reason != NO_DATA][start:]
+                          if d.novelty is not None and (d.pvalue is None or d.pvalue >= self.options.level)]
                 self._model.add_calibration(np.asarray(scored, dtype=float))
                 self._last_train = start
             elif self._seen >= self.options.warmup and self._known:

@@ -40,6 +40,11 @@ INSTRUMENTS = textwrap.dedent('''
         line = np.exp(-0.5 * ((channels - p["x0"]) / 0.05) ** 2) * (3.0 if p["x1"] > 0.9 else 1.0)
         return {**branin(p), "data": (line + 0.01 * np.sin(40 * p["x1"] * channels)).astype(np.float32)}
 
+    def odd_shape(p):
+        import numpy as np
+        n = 9 if p["x0"] > 0.8 else 8
+        return {**branin(p), "data": np.sin(np.arange(n) * (1 + p["x1"])).astype(np.float32)}
+
     def wrong_metric(p):
         return {"z": 1.0}
 ''')

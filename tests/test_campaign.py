@@ -179,3 +179,24 @@ def test_multi_objective_progress_reports_the_front_and_hypervolume_after_every_
     hvs = [float(n.split()[1]) for n in reporter.notes]
     assert hvs == sorted(hvs)  # hypervolume never decreases as trials are added
     assert hvs[-1] == pytest.approx(summary.hypervolume, rel=1e-3)
+
+
+def test_a_data_product_of_the_wrong_shape_fails_its_trial_and_the_campaign_goes_on(write_campaign):
+    selection = {"kind": "autoencoder", "warmup": 8, "epochs": 20, "patience": 5, "retrain_every": 0, "device": "cpu"}
+    c = _run(write_campaign(target="fns:odd_shape", trials=30, policy={"kind": "random"}, selection=selection))
+    recs = c.store.trials()
+    failed = [r for r in recs if r.status == "failed"]
+    assert sum(r.status == "completed" for r in recs) == 30
+    assert failed and all("data selection" in r.error and "shape" in r.error for r in failed)
+    first_is_long = recs[0].params["x0"] > 0.8  # the first data product fixes the shape
+    assert all((r.params["x0"] > 0.8) != first_is_long for r in failed)
+
+
+def test_warm_up_never_writes_past_budget_bytes():
+    from policies.novelty import NoveltySelector
+
+    sel = NoveltySelector(NoveltySelector.Options(warmup=10, budget_bytes=5 * 32, background=False, epochs=5,
+                                                  retrain_every=0, device="cpu"), seed=0)
+    decisions = [sel.decide(i, np.full(8, float(i), dtype=np.float32), {}) for i in range(10)]
+    assert sum(d.keep for d in decisions) == 5
+    assert all(d.reason.startswith("budget exhausted") for d in decisions[5:])
