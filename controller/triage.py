@@ -55,14 +55,16 @@ class ArrayFile:
                 full_shape, dtype = self._open_npz(dataset)
             else:
                 full_shape, dtype = self._open_h5(dataset)
+            if dtype.kind not in "fiub":
+                raise UserError(f"{role} file {self.path}: expected a numeric array, got dtype {dtype}")
+            if len(full_shape) == 0:
+                raise UserError(f"{role} file {self.path}: expected an array with one row per event, got a scalar")
         except UserError:
+            self.close()
             raise
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            self.close()
             raise UserError(f"{role} file {self.path} could not be read as {self.suffix}: {exc}") from None
-        if dtype.kind not in "fiub":
-            raise UserError(f"{role} file {self.path}: expected a numeric array, got dtype {dtype}")
-        if len(full_shape) == 0:
-            raise UserError(f"{role} file {self.path}: expected an array with one row per event, got a scalar")
         self.rows = int(full_shape[0])
         self.shape = tuple(int(s) for s in full_shape[1:]) or (1,)
         self._flat_row = len(full_shape) == 1
