@@ -206,3 +206,14 @@ def test_multi_objective_branin_currin_proposes_from_the_model_after_replay():
     (p,) = policy.propose(h, 1, [])
     assert p.reason["generation_node"] == "MBM"
     assert ((p.x >= 0) & (p.x <= 1)).all()
+
+
+def test_a_resumed_policy_does_not_propose_the_initial_design_again():
+    sim = TestFunctionSimulator("branin")
+    problem = Problem(space=unit_space(2), objectives=[Objective("y")], seed=0)
+    first = AxPolicy(problem, AxPolicy.Options(initial=6)).propose(History(), 3, [])
+    # a crash: the three are still running; a fresh policy (as after `aec resume`) sees them as pending
+    pending = [Proposal(x=np.asarray(p.x) + 1e-15) for p in first]  # a round trip through the store moves ulps
+    again = AxPolicy(problem, AxPolicy.Options(initial=6)).propose(History(), 3, pending)
+    for p in again:
+        assert not any(np.allclose(p.x, q.x, atol=1e-9) for q in pending), "re-proposed a running point"
