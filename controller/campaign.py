@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,7 +435,7 @@ class Campaign:
 
         done = sorted((r for r in records if r.status == "completed"), key=lambda r: r.completed_seq or 0)
         decisions = [Decision(r.novelty, bool(r.kept), r.pvalue, r.decision or "") for r in done]
-        kept = [self.store.read_data(r.data_path) for r in done if r.data_path]
+        kept = _DataProducts(self.store, [r.data_path for r in done if r.data_path])
         self.selector.restore(decisions, kept)
 
     # results -------------------------------------------------------------------------------
@@ -474,6 +475,21 @@ def _is_empty_sqlite(path: Path) -> bool:
             return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
     except sqlite3.DatabaseError:
         return False
+
+
+class _DataProducts(Sequence):
+    """Kept data products read from the store one at a time, so a restore never holds them all."""
+
+    def __init__(self, store: Store, paths: list[str]):
+        self.store, self.paths = store, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.store.read_data(p) for p in self.paths[i]]
+        return self.store.read_data(self.paths[i])
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -712,7 +713,7 @@ class NoveltySelector:
             self._generation = max(self._generation, int(extra.get("generation", 0)))
             self._dirty = False
 
-    def restore(self, decisions: list[Decision], kept_data: list[np.ndarray]) -> None:
+    def restore(self, decisions: list[Decision], kept_data: Sequence[np.ndarray]) -> None:
         """Continue after a crash from the journal: decisions in trial order, the kept data products in order.
 
         Counts and budgets continue where they stopped; the known set restarts from the kept data
