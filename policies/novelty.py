@@ -574,12 +574,13 @@ class NoveltySelector:
         self._generation += 1
         seed = self.seed + 1009 * self._generation
         if self.options.background and not (self._model is None and self.options.wait_first):
-            self._thread = threading.Thread(target=self._train, args=(data, seed), name="aec-novelty-trainer", daemon=True)
+            self._thread = threading.Thread(target=self._train, args=(data, seed, self._generation),
+                                            name="aec-novelty-trainer", daemon=True)
             self._thread.start()
         else:
-            self._train(data, seed)
+            self._train(data, seed, self._generation)
 
-    def _train(self, data: np.ndarray, seed: int) -> None:
+    def _train(self, data: np.ndarray, seed: int, generation: int) -> None:
         try:
             det = NoveltyDetector(self._detector_options(), seed=seed).fit(data, stop=self._stop)
         except Exception:  # the campaign goes on with the model it has
@@ -588,6 +589,8 @@ class NoveltySelector:
         if self._stop.is_set():
             return
         with self._lock:
+            if generation != self._generation:  # a checkpoint was loaded meanwhile: this model is older
+                return
             self._install(det, self._seen)
         logger.info("novelty: model %d trained on %d measurements (%s)", self._generation, len(data), det.report.stopped)
 
@@ -710,7 +713,7 @@ class NoveltySelector:
                 raise SelectionError(f"the checkpoint's model takes data of shape {det.shape}, this campaign's is {self._shape}")
             self._shape = det.shape
             self._install(det, int(extra.get("installed_at", 0)))
-            self._generation = max(self._generation, int(extra.get("generation", 0)))
+            self._generation = max(self._generation + 1, int(extra.get("generation", 0)))
             self._dirty = False
 
     def restore(self, decisions: list[Decision], kept_data: Sequence[np.ndarray]) -> None:
