@@ -43,7 +43,10 @@ POLICIES = ["random", "sobol", "botorch", "ax"]
 AEC, AX = "botorch", "ax"
 # Named variants: label -> (policy kind, options). Ax starts at the centre of the box, which is
 # the optimum of Ackley and a Pareto-optimal point of DTLZ2; "ax-nocenter" removes that luck.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"ax-nocenter": ("ax", {"center": False})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ax-nocenter": ("ax", {"center": False}),
+    "botorch-init6": ("botorch", {"initial": 6}),  # a smaller initial design than the default 2d+2
+}
 
 
 def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: dict[str, Any]) -> dict[str, Any]:
