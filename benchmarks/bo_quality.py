@@ -38,7 +38,7 @@ from bo_common import (
 
 SINGLE = ["branin", "hartmann6", "ackley6"]
 MULTI = ["branincurrin", "dtlz2", "vehiclesafety"]
-MODEL_PHASE_FROM = 14  # proposals from this index on come from a model for every policy (BoTorch's 2d+2 Sobol for d=6)
+MODEL_PHASE_FROM = 14  # from this proposal on every policy compared uses a model (14 = 2d+2 Sobol points for d=6)
 POLICIES = ["random", "sobol", "botorch", "ax"]
 AEC, AX = "botorch", "ax"
 # Named variants: label -> (policy kind, options). Ax starts at the centre of the box, which is

@@ -55,7 +55,8 @@ class BotorchOptions(BaseModel):
         "qlognei", description="qlognei (default; becomes qlognehvi with several objectives), ucb, ts, variance, qlognehvi"
     )
     beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
-    initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(2d + 2, 5)")
+    initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(d, 6), which measured better than 2d + 2 "
+                                "(benchmarks/README.md)")
     batch: int = Field(1, ge=1, description="preferred batch size; propose(n=...) decides the actual size")
     batch_mode: Literal["sequential", "joint"] = Field("sequential", description="greedy q-batch or joint optimisation")
     mc_samples: int = Field(128, ge=8, description="quasi-MC samples of MC acquisitions")
@@ -139,7 +140,7 @@ class BotorchPolicy:
             raise ValueError("qlognehvi needs two or more objectives; use qlognei for one")
         self.acquisition = name
         d = self.space.dim
-        self.initial = opts.initial if opts.initial is not None else max(2 * d + 2, 5)
+        self.initial = opts.initial if opts.initial is not None else max(d, 6)
         device = opts.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
