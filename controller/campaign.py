@@ -225,8 +225,8 @@ class Campaign:
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
         best = self.best_value()
-        done_records = [r for r in records if r.status == "completed"]
-        front_note = self._front_note(done_records, None)
+        front = [r for r in records if r.status == "completed"]
+        front_note = self._front_note(front, None)
         stopped = finishing = ""
         if total is not None and completed >= total:
             stopped = "budget reached"
@@ -272,7 +272,7 @@ class Campaign:
                     if outcome == "completed":
                         completed += 1
                         best = self._better(best, rec)
-                        front_note = self._front_note(done_records, rec)
+                        front_note = self._front_note(front, rec)
                     elif outcome == "failed":
                         failed += 1
                     self.reporter.update(completed, failed, best, front_note)
@@ -334,15 +334,20 @@ class Campaign:
         ])
         return Trial(tid, 1, params)
 
-    def _front_note(self, done: list[TrialRecord], rec: TrialRecord | None) -> str:
-        """With several objectives: the Pareto set's size and hypervolume once `rec` is added to `done`."""
+    def _front_note(self, front: list[TrialRecord], rec: TrialRecord | None) -> str:
+        """With several objectives: the Pareto set's size and hypervolume once `rec` joins `front`.
+
+        `front` is narrowed in place to the Pareto set: the set, its hypervolume and an inferred
+        reference point depend on the non-dominated trials alone, so each trial costs O(front).
+        """
         if len(self.objectives) < 2:
             return ""
         if rec is not None:
-            done.append(rec)
+            front.append(rec)
         from controller.results import pareto_summary
 
-        ps = pareto_summary(done, self.objectives, self.constraints)
+        ps = pareto_summary(front, self.objectives, self.constraints)
+        front[:] = ps.trials
         if ps.hypervolume is None:
             return ""
         return f"HV {ps.hypervolume:.4g} ({len(ps.trials)} on the front{', inferred ref' if ps.reference_inferred else ''})"
@@ -358,14 +363,19 @@ class Campaign:
     def _handle(self, result: TrialResult, history: History, pending: dict[int, Proposal]) -> tuple[str, TrialRecord | None]:
         trial, attempts = result.trial, self.config.executor.attempts
         error, retryable = result.error, result.retryable
+        decision = None
         if result.ok:
+            m = result.measurement
             scored_later = {"novelty"} if not isinstance(self.selector, KeepAll) else set()  # none before the first model
-            missing = [o.metric for o in self.objectives
-                       if o.metric not in result.measurement.metrics and o.metric not in scored_later]
+            missing = [o.metric for o in self.objectives if o.metric not in m.metrics and o.metric not in scored_later]
             if missing:
-                error = (f"the instrument returned no {', '.join(map(repr, missing))} "
-                         f"(it returned {sorted(result.measurement.metrics)})")
+                error = f"the instrument returned no {', '.join(map(repr, missing))} (it returned {sorted(m.metrics)})"
                 retryable = False
+            else:
+                try:
+                    decision = self.selector.decide(trial.id, m.data, m.metrics)
+                except Exception as exc:  # noqa: BLE001 - e.g. a data product of the wrong shape: this trial fails, not the campaign
+                    error, retryable = f"data selection: {exc}", False
         if error is not None:
             final = not retryable or trial.attempt >= attempts or self._stop.is_set()
             if not final:
@@ -375,16 +385,6 @@ class Campaign:
             pending.pop(trial.id, None)
             history.append(self._observation(rec))
             self.reporter.message(f"trial {trial.id} failed after {trial.attempt} attempt(s): {error}")
-            return "failed", rec
-        m = result.measurement
-        try:
-            decision = self.selector.decide(trial.id, m.data, m.metrics)
-        except Exception as exc:  # noqa: BLE001 - e.g. a data product of the wrong shape: this trial fails, not the campaign
-            error = f"data selection: {exc}"
-            rec = self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": True})
-            pending.pop(trial.id, None)
-            history.append(self._observation(rec))
-            self.reporter.message(f"trial {trial.id} failed: {error}")
             return "failed", rec
         metrics = dict(m.metrics)
         if decision.novelty is not None:

@@ -726,7 +726,14 @@ class NoveltySelector:
         with self._lock:
             self._reset_counts()
             kept = [d for d in decisions if d.keep and d.reason != NO_DATA]
-            sizes = [int(np.asarray(a).nbytes) for a in kept_data]
+            sizes = []
+            for a in kept_data:  # one read of each kept file: its size, and the known set
+                sizes.append(int(np.asarray(a).nbytes))
+                x = np.asarray(a, dtype=np.float32)
+                if self._shape is None:
+                    self._shape = tuple(x.shape)
+                if tuple(x.shape) == self._shape:
+                    self._remember(x)
             if len(sizes) != len(kept):
                 logger.warning("novelty restore: %d kept decisions but %d kept data products; byte counts are estimated",
                                len(kept), len(sizes))
@@ -743,12 +750,6 @@ class NoveltySelector:
                     k += 1
                     if d.reason == SAMPLE:
                         self._samples += 1
-            for a in kept_data:
-                x = np.asarray(a, dtype=np.float32)
-                if self._shape is None:
-                    self._shape = tuple(x.shape)
-                if tuple(x.shape) == self._shape:
-                    self._remember(x)
             self._known_seen = max(self._known_seen, self._seen)
             if self._model is not None:
                 start = min(self._installed_at, self._seen)
