@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,9 +43,12 @@ POLICIES = ["random", "sobol", "botorch", "ax"]
 AEC, AX = "botorch", "ax"
 # Named variants: label -> (policy kind, options). Ax starts at the centre of the box, which is
 # the optimum of Ackley and a Pareto-optimal point of DTLZ2; "ax-nocenter" removes that luck.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ax-nocenter": ("ax", {"center": False}),
-    "botorch-init6": ("botorch", {"initial": 6}),  # a smaller initial design than the default 2d+2
+# Options may depend on the problem's dimension d.
+VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
+    "ax-nocenter": ("ax", lambda d: {"center": False}),
+    "botorch-2d2": ("botorch", lambda d: {"initial": 2 * d + 2}),  # the initial design before max(d, 6)
+    "botorch-center": ("botorch", lambda d: {"center": True}),  # Ax's initial design convention
+    "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's acquisition search effort
 }
 
 
@@ -54,8 +57,8 @@ def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: 
     record: dict[str, Any] = {"problem": problem, "policy": policy, "seed": seed, "budget": budget, "q": q}
     t0 = time.perf_counter()
     try:
-        kind, preset = VARIANTS.get(policy, (policy, {}))
-        pol = build_policy(kind, prob, {**preset, **(options.get(kind) or {})})
+        kind, preset = VARIANTS.get(policy, (policy, lambda d: {}))
+        pol = build_policy(kind, prob, {**preset(prob.space.dim), **(options.get(kind) or {})})
         history, seconds = run_campaign(pol, sim, budget, q)
     except Exception as exc:  # a broken policy must not stop the other runs
         record.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))

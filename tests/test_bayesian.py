@@ -124,6 +124,24 @@ def test_sobol_points_until_the_initial_design_is_issued_then_the_model():
     assert model.reason["initial_design"] is False and model.reason["acquisition"] == "qlognei"
 
 
+def test_the_centre_opens_the_initial_design_when_asked():
+    pol = policy(cube(3), initial=4, center=True)
+    first = pol.propose(History(), 3, [])
+    np.testing.assert_allclose(first[0].x, 0.5)
+    assert first[0].reason["acquisition"] == "center" and first[0].reason["initial_design"]
+    assert [p.reason["acquisition"] for p in first[1:]] == ["sobol", "sobol"]
+    # the same design one point at a time, the first one completed: the same points
+    H = history(np.array([first[0].x]), quadratic)
+    np.testing.assert_allclose(pol.propose(H, 1, [])[0].x, first[1].x)
+    assert not any(np.allclose(p.x, 0.5) for p in policy(cube(3), initial=4).propose(History(), 3, []))
+    # a centre that breaks a linear constraint (x0 >= 0.6) is left out; a pool gives its row nearest the centre
+    constrained = policy(cube(2, linear_constraints=[LinearConstraint((0,), (1.0,), 0.6)]), center=True)
+    assert all(p.reason["acquisition"] == "sobol" for p in constrained.propose(History(), 2, []))
+    pool = np.array([[0.0, 0.0], [0.45, 0.55], [1.0, 1.0]])
+    (row,) = policy(cube(2, pool=pool), center=True).propose(History(), 1, [])
+    assert row.pool_index == 1
+
+
 def test_the_same_history_gives_the_same_proposal():
     H = history(np.random.default_rng(1).random((10, 2)), quadratic)
     a = policy(cube(2)).propose(H, 2, [])

@@ -57,6 +57,10 @@ class BotorchOptions(BaseModel):
     beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
     initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(d, 6), which measured better than 2d + 2 "
                                 "(benchmarks/README.md)")
+    center: bool = Field(
+        False, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
+        "design, as Ax does; a nominal setting that a scientist would measure anyway",
+    )
     batch: int = Field(1, ge=1, description="preferred batch size; propose(n=...) decides the actual size")
     batch_mode: Literal["sequential", "joint"] = Field("sequential", description="greedy q-batch or joint optimisation")
     mc_samples: int = Field(128, ge=8, description="quasi-MC samples of MC acquisitions")
@@ -189,10 +193,27 @@ class BotorchPolicy:
     # -----------------------------------------------------------------------------------------
 
     def _sobol_points(self, history: History, n: int, pending: list[Proposal], extra: dict[str, Any]) -> list[Proposal]:
-        out = self._sobol.propose(history, n, pending)
+        first: list[Proposal] = []
+        if self.options.center and extra.get("initial_design") and not len(history) and not pending:
+            first = self._center()
+            for p in first:
+                p.reason = {"policy": "botorch", "acquisition": "center", **extra}
+        out = self._sobol.propose(history, n - len(first), pending + first) if n > len(first) else []
         for p in out:
             p.reason = {"policy": "botorch", "acquisition": "sobol", **extra, "sequence": p.reason.get("sequence")}
-        return out
+        return first + out
+
+    def _center(self) -> list[Proposal]:
+        """The centre of the box, snapped to the discrete levels; none when it breaks a linear constraint."""
+        space = self.space
+        center = np.full(space.dim, 0.5)
+        if space.pool is not None:
+            if not len(space.pool):
+                return []
+            i = int(np.argmin(((space.pool - center) ** 2).sum(axis=1)))
+            return [Proposal(x=space.pool[i].copy(), pool_index=i)]
+        x = space.snap(center[None, :])
+        return [Proposal(x=x[0])] if space.feasible(x)[0] else []
 
     def _training_data(self, history: History) -> TrainingData:
         metrics = list(self.outcomes.metrics)
