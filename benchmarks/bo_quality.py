@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "ax-nocenter": ("ax", lambda d: {"center": False}),
     "botorch-2d2": ("botorch", lambda d: {"initial": 2 * d + 2}),  # the initial design before max(d, 6)
     "botorch-center": ("botorch", lambda d: {"center": True}),  # Ax's initial design convention
+    "botorch-logei": ("botorch", lambda d: {"acquisition": "logei"}),  # analytic LogEI (single objective)
     "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's acquisition search effort
 }
 
@@ -58,7 +59,8 @@ def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: 
     t0 = time.perf_counter()
     try:
         kind, preset = VARIANTS.get(policy, (policy, lambda d: {}))
-        pol = build_policy(kind, prob, {**preset(prob.space.dim), **(options.get(kind) or {})})
+        record["options"] = {**preset(prob.space.dim), **(options.get(kind) or {})}
+        pol = build_policy(kind, prob, record["options"])
         history, seconds = run_campaign(pol, sim, budget, q)
     except Exception as exc:  # a broken policy must not stop the other runs
         record.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
@@ -204,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
                     if done is not None and not ("error" in done and args.redo_errors):
                         continue
                     record = run_one(problem, policy, seed, budget, args.q, options)
-                    kind, preset = VARIANTS.get(policy, (policy, {}))
-                    record["options"] = {**preset, **(options.get(kind) or {})}
                     results.add(record, replace_key=key)
                     status = record.get("error") or f"{record['measure']} {fmt(record['final'])} in {record['seconds']:.0f} s"
                     print(f"seed {seed} {problem:>13} {policy:>8}: {status}", flush=True)

@@ -46,7 +46,7 @@ def one_torch_thread():
 
 
 FAST = dict(num_restarts=4, raw_samples=128, mc_samples=64, maxiter=50, ts_candidates=256, pool_shortlist=64)
-ACQUISITIONS = ["qlognei", "ucb", "ts", "variance"]
+ACQUISITIONS = ["qlognei", "logei", "ucb", "ts", "variance"]
 
 
 def cube(d: int, **kw) -> EncodedSpace:
@@ -436,6 +436,26 @@ def test_marginal_posterior_matches_botorch_posterior():
     post = fitted.model.posterior(P.unsqueeze(-2))
     torch.testing.assert_close(mean, post.mean.squeeze(-2).detach(), atol=1e-8, rtol=1e-6)
     torch.testing.assert_close(std, post.variance.squeeze(-2).detach().sqrt(), atol=1e-8, rtol=1e-6)
+
+
+def test_analytic_logei_matches_botorch_and_has_gradients():
+    from botorch.acquisition.analytic import LogExpectedImprovement
+
+    from policies.bayesian.acquisition import MarginalLogEI, Outcomes
+
+    rng = np.random.default_rng(23)
+    X = rng.random((25, 3))
+    fitted = fit_model(TrainingData(X, np.sin(4 * X).sum(1, keepdims=True), None, ["y"]), np.array([0]), ModelSettings())
+    outcomes = Outcomes(metrics=("y",), objective_index=(0,), signs=(-1.0,), constraints=())  # minimise y
+    best = float((-fitted.model.posterior(fitted.train_X).mean).max())
+    ours = MarginalLogEI(fitted.model, outcomes, best)
+    P = torch.rand(16, 1, 3, dtype=torch.float64, requires_grad=True)
+    reference = LogExpectedImprovement(fitted.model, best_f=-best, maximize=False)(P)
+    values = ours(P)
+    torch.testing.assert_close(values, reference, atol=1e-6, rtol=1e-6)
+    (grad,) = torch.autograd.grad(values.sum(), P)
+    (ref_grad,) = torch.autograd.grad(reference.sum(), P)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-5)
 
 
 def test_subsets_keep_the_incumbent_neighbourhood_and_spread_out():

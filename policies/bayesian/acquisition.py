@@ -4,6 +4,8 @@ Every acquisition here scores candidates `batch x q x d` (BoTorch's convention) 
 where larger is better:
 
 - `qlognei`  qLogNoisyExpectedImprovement; outcome constraints as BoTorch constraint callables.
+- `logei`    analytic LogEI over the best predicted value (+ log P(feasible)), the fast choice for
+             exact or low-noise measurements (MarginalLogEI).
 - `ucb`      qUpperConfidenceBound; outcome constraints as a log-probability-of-feasibility penalty.
 - `ts`       Thompson sampling: joint posterior draws over a candidate set (see `thompson_draws`).
 - `variance` pure exploration, for mapping: the posterior standard deviation of the objectives,
@@ -40,11 +42,12 @@ from torch import Tensor
 
 from policies.base import Problem
 from policies.bayesian.models import FittedModel, marginal_posterior, with_fantasies
+from policies.bayesian.posterior import factorize, gp_marginals_any
 from policies.pareto import pareto_mask
 
 MC_ACQUISITIONS = ("qlognei", "ucb", "qlognehvi")
 BASELINE_MAX = 64  # most observed points a noisy acquisition integrates over
-LOG_SCALE = ("qlognei", "qlognehvi")
+LOG_SCALE = ("qlognei", "logei", "qlognehvi")
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,31 @@ class StandardizedPosteriorStd(AnalyticAcquisitionFunction):
         return (std[..., self.outputs] / self.scale).sum(-1)
 
 
+class MarginalLogEI(AcquisitionFunction):
+    """Analytic log expected improvement of the objective over `best_f`, plus log P(outcome constraints hold).
+
+    The `logei` acquisition: BoTorch's LogExpectedImprovement values, from the marginal posterior
+    with the training covariance factored once (posterior.py), which skips gpytorch's prediction
+    machinery and costs 2-5x less per evaluation than an MC acquisition. Treats the best
+    predicted value as known, so it suits exact or low-noise measurements; q = 1 per t-batch.
+    """
+
+    def __init__(self, model: Model, outcomes: Outcomes, best_f: float):
+        super().__init__(model=model)
+        self.outcomes, self.best_f = outcomes, best_f
+        factorize(model)
+
+    def forward(self, X: Tensor) -> Tensor:
+        """X: b x 1 x d -> b."""
+        if X.shape[-2] != 1:
+            raise ValueError("MarginalLogEI takes one point per t-batch")
+        mean, std = gp_marginals_any(self.model, X.squeeze(-2))
+        j, sign = self.outcomes.objective_index[0], self.outcomes.signs[0]
+        sigma = std[..., j].clamp_min(1e-12)
+        log_ei = _log_ei_helper((sign * mean[..., j] - self.best_f) / sigma) + sigma.log()
+        return log_ei + log_prob_feasible(mean, std, self.outcomes)
+
+
 class AcquisitionBuilder:
     """Builds the acquisition for given pending points: the same MC object re-pointed, or a believer model.
 
@@ -186,6 +214,7 @@ class AcquisitionBuilder:
         self.beta = beta
         self.ref_point = ref_point
         self._mc: AcquisitionFunction | None = None
+        self._best_f: float | None = None
         self.scale = "log" if name in LOG_SCALE else ("positive" if name == "variance" else "raw")
         self.reference = 0.0
         if self.scale == "raw":
@@ -200,8 +229,13 @@ class AcquisitionBuilder:
             else:
                 self._mc.set_X_pending(X_pending)
             return self._mc
+        model = self.fitted.model if X_pending is None else with_fantasies(self.fitted, X_pending)
+        if self.name == "logei":
+            if self._best_f is None:
+                mean, std = marginal_posterior(self.fitted, self.fitted.train_X)
+                self._best_f = float(best_observed(mean, std, self.outcomes)[0])
+            return MarginalLogEI(model, self.outcomes, self._best_f)
         if self.name == "variance":
-            model = self.fitted.model if X_pending is None else with_fantasies(self.fitted, X_pending)
             outputs = list(self.outcomes.objective_index)
             return StandardizedPosteriorStd(model, outputs, self.fitted.y_std[outputs])
         raise ValueError(f"{self.name!r} is not optimised as an acquisition function")
@@ -323,7 +357,7 @@ def screen_scores(
         b = 9.0 if name == "ts" else beta
         ucb = obj_mean[..., 0] + math.sqrt(b) * obj_std[..., 0]
         return ucb + y_std[outcomes.objective_index[0]] * lpf
-    if name == "qlognei":
+    if name in ("qlognei", "logei"):
         sigma = obj_std[..., 0].clamp_min(1e-12)
         u = (obj_mean[..., 0] - best[0]) / sigma
         return _log_ei_helper(u) + sigma.log() + lpf

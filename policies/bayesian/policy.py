@@ -51,8 +51,9 @@ class BotorchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["botorch"] = "botorch"
-    acquisition: Literal["qlognei", "ucb", "ts", "variance", "qlognehvi"] = Field(
-        "qlognei", description="qlognei (default; becomes qlognehvi with several objectives), ucb, ts, variance, qlognehvi"
+    acquisition: Literal["qlognei", "logei", "ucb", "ts", "variance", "qlognehvi"] = Field(
+        "qlognei", description="qlognei (default; becomes qlognehvi with several objectives), logei (analytic, faster; "
+        "for exact or low-noise measurements), ucb, ts, variance, qlognehvi"
     )
     beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
     initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(d, 6), which measured better than 2d + 2 "
@@ -137,7 +138,7 @@ class BotorchPolicy:
             raise ValueError("the botorch policy needs at least one objective")
         name = opts.acquisition
         if self.outcomes.multi:
-            if name in ("ucb", "ts"):
+            if name in ("logei", "ucb", "ts"):
                 raise ValueError(f"acquisition {name!r} takes one objective; with several use qlognehvi (default) or variance")
             name = "qlognehvi" if name == "qlognei" else name
         elif name == "qlognehvi":

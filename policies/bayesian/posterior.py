@@ -28,7 +28,7 @@ def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torc
     means, stds = [], []
     with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
         for gp in gps:
-            parts = [_gp_marginals(gp, Xc) for Xc in X.split(chunk)]
+            parts = [gp_marginals(gp, Xc) for Xc in X.split(chunk)]
             means.append(torch.cat([p[0] for p in parts]))
             stds.append(torch.cat([p[1] for p in parts]))
     return torch.cat(means, dim=-1), torch.cat(stds, dim=-1)
@@ -54,7 +54,22 @@ def _gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return gp._aec_factor
 
 
-def _gp_marginals(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def factorize(model: Model) -> None:
+    """Cache the training-covariance factor of a GP (or of each GP of a list), outside any autograd graph."""
+    with torch.no_grad():
+        for gp in model.models if isinstance(model, ModelListGP) else [model]:
+            _gp_factor(gp)
+
+
+def gp_marginals_any(model: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gp_marginals of a GP or of every GP of a ModelListGP (outputs concatenated); differentiable in X."""
+    gps = model.models if isinstance(model, ModelListGP) else [model]
+    parts = [gp_marginals(gp, X) for gp in gps]
+    return torch.cat([p[0] for p in parts], dim=-1), torch.cat([p[1] for p in parts], dim=-1)
+
+
+def gp_marginals(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (N x m, outcome transform undone) of one GP at X (N x d); differentiable in X."""
     train_X, L, alpha = _gp_factor(gp)
     Xt = gp.transform_inputs(X)
     batched = train_X.dim() == 3
