@@ -101,8 +101,9 @@ def test_registry_builds_a_botorch_policy():
 
 def test_acquisitions_that_need_one_objective_refuse_two():
     problem = Problem(space=cube(2), objectives=[Objective("a"), Objective("b")])
-    with pytest.raises(ValueError, match="qlognehvi"):
-        BotorchPolicy(problem, BotorchPolicy.Options(acquisition="ucb"))
+    for name in ("ucb", "logei"):
+        with pytest.raises(ValueError, match="qlognehvi"):
+            BotorchPolicy(problem, BotorchPolicy.Options(acquisition=name))
     assert BotorchPolicy(problem).acquisition == "qlognehvi"
 
 
