@@ -24,14 +24,9 @@ def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torc
     them) in eval mode, or anything with such a `.model`. Outcome transforms are undone.
     """
     model = getattr(fitted, "model", fitted)
-    gps = model.models if isinstance(model, ModelListGP) else [model]
-    means, stds = [], []
     with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
-        for gp in gps:
-            parts = [gp_marginals(gp, Xc) for Xc in X.split(chunk)]
-            means.append(torch.cat([p[0] for p in parts]))
-            stds.append(torch.cat([p[1] for p in parts]))
-    return torch.cat(means, dim=-1), torch.cat(stds, dim=-1)
+        parts = [gp_marginals_any(model, Xc) for Xc in X.split(chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
