@@ -112,7 +112,7 @@ def test_acquisitions_that_need_one_objective_refuse_two():
 
 
 def test_sobol_points_until_the_initial_design_is_issued_then_the_model():
-    pol = policy(cube(2), initial=5)
+    pol = policy(cube(2), initial=5, center=False)
     first = pol.propose(History(), 5, [])
     assert all(p.reason["initial_design"] and p.reason["acquisition"] == "sobol" for p in first)
     # 3 completed + 1 pending = 4 issued: one more Sobol point, continuing the sequence
@@ -125,8 +125,8 @@ def test_sobol_points_until_the_initial_design_is_issued_then_the_model():
     assert model.reason["initial_design"] is False and model.reason["acquisition"] == "qlognei"
 
 
-def test_the_centre_opens_the_initial_design_when_asked():
-    pol = policy(cube(3), initial=4, center=True)
+def test_the_centre_opens_the_initial_design_by_default():
+    pol = policy(cube(3), initial=4)
     first = pol.propose(History(), 3, [])
     np.testing.assert_allclose(first[0].x, 0.5)
     assert first[0].reason["acquisition"] == "center" and first[0].reason["initial_design"]
@@ -134,7 +134,7 @@ def test_the_centre_opens_the_initial_design_when_asked():
     # the same design one point at a time, the first one completed: the same points
     H = history(np.array([first[0].x]), quadratic)
     np.testing.assert_allclose(pol.propose(H, 1, [])[0].x, first[1].x)
-    assert not any(np.allclose(p.x, 0.5) for p in policy(cube(3), initial=4).propose(History(), 3, []))
+    assert not any(np.allclose(p.x, 0.5) for p in policy(cube(3), initial=4, center=False).propose(History(), 3, []))
     # a centre that breaks a linear constraint (x0 >= 0.6) is left out; a pool gives its row nearest the centre
     constrained = policy(cube(2, linear_constraints=[LinearConstraint((0,), (1.0,), 0.6)]), center=True)
     assert all(p.reason["acquisition"] == "sobol" for p in constrained.propose(History(), 2, []))

@@ -59,8 +59,8 @@ class BotorchOptions(BaseModel):
     initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(d, 6), which measured better than 2d + 2 "
                                 "(benchmarks/README.md)")
     center: bool = Field(
-        False, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
-        "design, as Ax does; a nominal setting that a scientist would measure anyway",
+        True, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
+        "design, as Ax does: a nominal setting that a scientist would measure anyway (benchmarks/README.md)",
     )
     batch: int = Field(1, ge=1, description="preferred batch size; propose(n=...) decides the actual size")
     batch_mode: Literal["sequential", "joint"] = Field("sequential", description="greedy q-batch or joint optimisation")
