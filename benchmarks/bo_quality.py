@@ -38,7 +38,7 @@ from bo_common import (
 
 SINGLE = ["branin", "hartmann6", "ackley6"]
 MULTI = ["branincurrin", "dtlz2", "vehiclesafety"]
-MODEL_PHASE_FROM = 14  # from this proposal on every policy compared uses a model (14 = 2d+2 Sobol points for d=6)
+MODEL_PHASE_FROM = 14  # from this proposal on every policy compared uses a model (the largest initial design: 2d+2 at d=6)
 POLICIES = ["random", "sobol", "botorch", "ax"]
 AEC, AX = "botorch", "ax"
 # Verdicts: aec against Ax with the same initial-design convention: both start at the centre of
