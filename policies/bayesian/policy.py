@@ -56,7 +56,7 @@ class BotorchOptions(BaseModel):
         "for exact or low-noise measurements), ucb, ts, variance, qlognehvi"
     )
     beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
-    initial: int | None = Field(None, ge=0, description="Sobol points before the model; default max(d, 6), which measured better than 2d + 2 "
+    initial: int | None = Field(None, ge=0, description="initial-design points (the centre, then Sobol) before the model; default max(d, 6), which measured better than 2d + 2 "
                                 "(benchmarks/README.md)")
     center: bool = Field(
         True, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
