@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-2d2": ("botorch", lambda d: {"initial": 2 * d + 2, "center": False}),  # the design before max(d, 6)
     "botorch-logei": ("botorch", lambda d: {"acquisition": "logei", "center": False}),  # analytic LogEI
     "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "center": False}),  # Ax's search effort
+    "botorch-winsor": ("botorch", lambda d: {"winsorize": True}),  # Ax's automatic winsorization
 }
 
 

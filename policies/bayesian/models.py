@@ -59,6 +59,7 @@ class TrainingData:
     Y: np.ndarray
     Yvar: np.ndarray | None
     metrics: list[str]
+    clipped: int = 0  # values winsorized before fitting
 
 
 @dataclass

@@ -37,6 +37,7 @@ from policies.bayesian.models import (
 from policies.bayesian.route import TravelCost, order_route
 from policies.bayesian.pool_search import search_pool
 from policies.bayesian.search import Pick, SearchContext, SearchSettings, search_space
+from policies.bayesian.winsorize import winsorize
 from policies.pareto import pareto_mask, reference_point
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class BotorchOptions(BaseModel):
     warm_start_after: int = Field(
         30, ge=0, description="warm-start only fits on this many points or more: a warm start from the few first "
         "points can stay in a poor optimum (DTLZ2 hypervolume after 40: 0.12 always warm, 0.25 warm from 30)",
+    )
+    winsorize: bool = Field(
+        False, description="clip each metric's far tail on its bad side (Tukey's fence, never inside a threshold or "
+        "bound) before fitting, as Ax does, so that a few very poor measurements do not flatten the model",
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
@@ -225,7 +230,10 @@ class BotorchPolicy:
         keep = np.isfinite(Y).any(axis=1) & np.isfinite(X).all(axis=1)
         if Yvar is not None and not np.isfinite(Yvar[keep]).all():
             Yvar = None
-        return TrainingData(X=X[keep], Y=Y[keep], Yvar=None if Yvar is None else Yvar[keep], metrics=metrics)
+        Y, clipped = Y[keep], 0
+        if self.options.winsorize:
+            Y, clipped = winsorize(Y, self.outcomes, [o.threshold for o in self.problem.objectives])
+        return TrainingData(X=X[keep], Y=Y, Yvar=None if Yvar is None else Yvar[keep], metrics=metrics, clipped=clipped)
 
     def _anchors(self, data: TrainingData) -> np.ndarray:
         """Rows of the best observed trials: the incumbent, or the feasible Pareto set."""
@@ -257,7 +265,7 @@ class BotorchPolicy:
             reason["fallback"] = f"model refitted with jitter {fitted.jitter:g} after: {fitted.fit_error}"
         reason["model"] = {
             "kind": type(fitted.model).__name__, "n_train": len(fitted.rows), "n_fit": fitted.n_fit,
-            "refit": fitted.refit, "warm_start": fitted.warm_started,
+            "refit": fitted.refit, "warm_start": fitted.warm_started, "winsorized": data.clipped,
         }
         ref_t = None
         if self.outcomes.multi:
