@@ -41,7 +41,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from policies.base import Problem
-from policies.bayesian.models import FittedModel, marginal_posterior, with_fantasies
+from policies.bayesian.models import FittedModel, marginal_posterior, train_marginals, with_fantasies
 from policies.bayesian.posterior import factorize, gp_marginals_any
 from policies.pareto import pareto_mask
 
@@ -218,7 +218,7 @@ class AcquisitionBuilder:
         self.scale = "log" if name in LOG_SCALE else ("positive" if name == "variance" else "raw")
         self.reference = 0.0
         if self.scale == "raw":
-            mean, _ = marginal_posterior(fitted, fitted.train_X)
+            mean, _ = train_marginals(fitted)
             self.reference = float(outcomes.objective_values(mean)[..., 0].max())
 
     def build(self, X_pending: Tensor | None) -> AcquisitionFunction:

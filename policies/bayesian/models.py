@@ -35,7 +35,7 @@ from policies.bayesian.posterior import MAX_CHOLESKY, marginal_posterior
 
 __all__ = [
     "FittedModel", "HyperparameterCache", "ModelFitError", "ModelSettings", "TrainingData",
-    "build_model", "fit_model", "marginal_posterior", "select_subset", "with_fantasies",
+    "build_model", "fit_model", "marginal_posterior", "select_subset", "train_marginals", "with_fantasies",
 ]
 
 logger = logging.getLogger(__name__)
@@ -322,6 +322,13 @@ def _positions(rows: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     return np.array([where[int(a)] for a in anchors if int(a) in where], dtype=int)
 
 
+def train_marginals(fitted: FittedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """marginal_posterior at the conditioned training inputs, computed once per fitted model."""
+    if "train" not in fitted._cache:
+        fitted._cache["train"] = marginal_posterior(fitted, fitted.train_X)
+    return fitted._cache["train"]
+
+
 def with_fantasies(fitted: FittedModel, X_new: np.ndarray | torch.Tensor) -> Model:
     """The model conditioned on extra points whose outcomes are taken to be the posterior mean.
 
@@ -349,6 +356,6 @@ def with_fantasies(fitted: FittedModel, X_new: np.ndarray | torch.Tensor) -> Mod
     load_hyperparameters(model, fitted.state)
     model.eval()
     if len(fitted._cache) > 8:
-        fitted._cache.clear()
+        fitted._cache = {k: v for k, v in fitted._cache.items() if k == "train"}
     fitted._cache[key] = model
     return model

@@ -19,14 +19,14 @@ from policies.bayesian.acquisition import (
     per_cost,
     screen_scores,
 )
-from policies.bayesian.models import marginal_posterior, with_fantasies
+from policies.bayesian.models import marginal_posterior, train_marginals, with_fantasies
 from policies.bayesian.search import Pick, SearchContext, evaluate, thompson_picks
 from policies.pareto import pareto_mask
 
 def screen_context(ctx: SearchContext) -> dict:
     """Incumbent value (single objective) or the non-dominated cells of the predicted front (several)."""
     fitted, outcomes = ctx.fitted, ctx.outcomes
-    mean, std = marginal_posterior(fitted, fitted.train_X)
+    mean, std = train_marginals(fitted)
     out = {"best": best_observed(mean, std, outcomes), "beta": ctx.settings.beta, "y_std": fitted.y_std}
     if outcomes.multi:
         obj = outcomes.objective_values(mean)

@@ -35,7 +35,7 @@ from policies.bayesian.acquisition import (
     per_cost,
     thompson_draws,
 )
-from policies.bayesian.models import FittedModel, marginal_posterior, with_fantasies
+from policies.bayesian.models import FittedModel, train_marginals, with_fantasies
 from policies.bayesian.route import TravelCost
 from policies.pareto import pareto_mask
 
@@ -121,7 +121,7 @@ def _is_new(x: np.ndarray, taken: np.ndarray, tol: float = 1e-9) -> bool:
 def _incumbents(ctx: SearchContext, k: int = 5) -> np.ndarray:
     """Up to k observed points the model thinks best (Pareto points for several objectives)."""
     fitted, outcomes = ctx.fitted, ctx.outcomes
-    mean, _ = marginal_posterior(fitted, fitted.train_X)
+    mean, _ = train_marginals(fitted)
     obj = outcomes.objective_values(mean).cpu().numpy()
     X = fitted.train_X.cpu().numpy()
     if outcomes.multi:
