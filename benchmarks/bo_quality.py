@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-logei": ("botorch", lambda d: {"acquisition": "logei", "center": False}),  # analytic LogEI
     "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "center": False}),  # Ax's search effort
     "botorch-winsor": ("botorch", lambda d: {"winsorize": True}),  # Ax's automatic winsorization
+    "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
 }
 
 
