@@ -41,7 +41,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from policies.base import Problem
-from policies.bayesian.models import FittedModel, marginal_posterior, train_marginals, with_fantasies
+from policies.bayesian.models import FittedModel, train_marginals, with_fantasies
 from policies.bayesian.posterior import factorize, gp_marginals_any
 from policies.pareto import pareto_mask
 
@@ -232,7 +232,7 @@ class AcquisitionBuilder:
         model = self.fitted.model if X_pending is None else with_fantasies(self.fitted, X_pending)
         if self.name == "logei":
             if self._best_f is None:
-                mean, std = marginal_posterior(self.fitted, self.fitted.train_X)
+                mean, std = train_marginals(self.fitted)
                 self._best_f = float(best_observed(mean, std, self.outcomes)[0])
             return MarginalLogEI(model, self.outcomes, self._best_f)
         if self.name == "variance":
@@ -277,7 +277,7 @@ class AcquisitionBuilder:
         X = self.fitted.train_X
         if len(X) <= k:
             return X
-        mean, std = marginal_posterior(self.fitted, X)
+        mean, std = train_marginals(self.fitted)
         obj = self.outcomes.objective_values(mean)
         penalty = log_prob_feasible(mean, std, self.outcomes).clamp_max(0.0) * 1e3
         if not self.outcomes.multi:
