@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 from bo_common import (
     OUT_DIR,
@@ -53,6 +54,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-logei": ("botorch", lambda d: {"acquisition": "logei", "center": False}),  # analytic LogEI
     "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "center": False}),  # Ax's search effort
     "botorch-winsor": ("botorch", lambda d: {"winsorize": True}),  # Ax's automatic winsorization
+    "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
     "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
 }
 
@@ -111,22 +113,26 @@ def report(results: ResultFile, problems: list[str], policies: list[str], plain:
                     ]
                 )
             verdicts: dict[str, bool] = {}
+            p_values: dict[str, float] = {}
             for mine, theirs in VERDICTS:
                 seeds = sorted(set(finals.get(mine, {})) & set(finals.get(theirs, {})))
                 if seeds:  # medians over the seeds both have
-                    a = float(np.median([finals[mine][k] for k in seeds]))
-                    b = float(np.median([finals[theirs][k] for k in seeds]))
+                    xs, ys = [finals[mine][k] for k in seeds], [finals[theirs][k] for k in seeds]
+                    a, b = float(np.median(xs)), float(np.median(ys))
                     ok = bool(a <= b) if measure == "regret" else bool(a >= b)
                     verdicts[f"{mine} vs {theirs}"] = ok
+                    # two-sided Mann-Whitney U: could the two sets of runs come from one distribution?
+                    p_values[f"{mine} vs {theirs}"] = p = float(mannwhitneyu(xs, ys).pvalue) if len(seeds) > 1 else 1.0
                     rows.append([
                         problem, f"{mine} >= {theirs} ({better} is better)", str(len(seeds)),
-                        f"{'yes' if ok else 'no'}: {fmt(a)} vs {fmt(b)}", "", "", "",
+                        f"{'yes' if ok else 'no'}: {fmt(a)} vs {fmt(b)}", f"U-test p={p:.2g}", "", "",
                     ])
             out[problem] = {
                 "measure": measure,
                 "stats": stats,
                 "aec_at_least_as_good_as_ax": verdicts.get(f"{AEC} vs {AX}"),
                 "verdicts": verdicts,
+                "p_values": p_values,
             }
         if rows:
             print_table(
