@@ -54,7 +54,9 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-logei": ("botorch", lambda d: {"acquisition": "logei", "center": False}),  # analytic LogEI
     "botorch-r20": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "center": False}),  # Ax's search effort
     "botorch-winsor": ("botorch", lambda d: {"winsorize": True}),  # Ax's automatic winsorization
+    "botorch-warm30": ("botorch", lambda d: {"warm_start_after": 30}),  # the default before cold multi-metric fits
     "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
+    "botorch-init5": ("botorch", lambda d: {"initial": 5}),  # Ax's initial design size (centre + 4 Sobol)
     "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
 }
 
@@ -188,6 +190,7 @@ def plot(results: ResultFile, problems: list[str], policies: list[str], path: Pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 per (problem, policy)")
+    parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (split the seeds over processes)")
     parser.add_argument("--problems", default=",".join(SINGLE + MULTI), help="comma-separated: " + ", ".join(SINGLE + MULTI))
     parser.add_argument(
         "--policies", default=",".join(POLICIES), help=f"comma-separated policy kinds or variants ({', '.join(VARIANTS)})"
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report_only:
         # Seeds outermost, so that a partial run covers every (problem, policy) evenly.
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             for problem in problems:
                 budget = args.budget if problem in SINGLE else args.budget_multi
                 for policy in policies:

@@ -94,6 +94,15 @@ def test_options_accept_the_campaign_file_keys_and_reject_unknown_ones():
         validate_options("botorch", {"device": "tpu"})
 
 
+def test_fits_of_several_metrics_stay_cold_until_the_fit_subset_is_full():
+    one = policy(cube(2))
+    two = policy(cube(2), objectives=[Objective("f0"), Objective("f1")])
+    constrained = policy(cube(2), constraints=[OutcomeConstraint("g", "<=", 1.0)])
+    assert one.model_settings.warm_start_after == 30
+    assert two.model_settings.warm_start_after == constrained.model_settings.warm_start_after == 256
+    assert policy(cube(2), objectives=[Objective("f0"), Objective("f1")], warm_start_after=12).model_settings.warm_start_after == 12
+
+
 def test_registry_builds_a_botorch_policy():
     problem = Problem(space=cube(2), objectives=[Objective("y")])
     assert isinstance(make_policy("botorch", {"acquisition": "ucb"}, problem), BotorchPolicy)
