@@ -31,6 +31,7 @@ from gpytorch.constraints import GreaterThan
 from gpytorch.mlls import ExactMarginalLogLikelihood, SumMarginalLogLikelihood
 from scipy.spatial.distance import cdist
 
+from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp
 from policies.bayesian.posterior import MAX_CHOLESKY, marginal_posterior
 
 __all__ = [
@@ -207,18 +208,28 @@ def _raise_noise_floor(model: Model, floor: float) -> None:
 
 
 def _optimise(model: Model, maxiter: int, warm: bool = False) -> None:
-    """Maximise the marginal likelihood (L-BFGS-B); a warm start stops at a looser tolerance."""
+    """Maximise the marginal likelihood (L-BFGS-B); a warm start stops at a looser tolerance.
+
+    BoTorch's default GPs go through mll_fit (the same objective, 2-3x less time per fit);
+    anything else through `fit_gpytorch_mll`.
+    """
     options: dict[str, Any] = {"maxiter": maxiter}
     if warm:
         options.update(maxiter=min(maxiter, WARM_MAXITER), ftol=WARM_FTOL, factr=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit_gpytorch_mll(
-            _mll(model),
-            optimizer_kwargs={"options": options},
-            max_attempts=2,
-            caught_exception_types=(),
-        )
+        gps = model.models if isinstance(model, ModelListGP) else [model]
+        parts = [exact_gp_parts(gp) for gp in gps]
+        if all(p is not None for p in parts):
+            for gp, p in zip(gps, parts):
+                fit_exact_gp(gp, options["maxiter"], options.get("ftol"), parts=p)
+        else:
+            fit_gpytorch_mll(
+                _mll(model),
+                optimizer_kwargs={"options": options},
+                max_attempts=2,
+                caught_exception_types=(),
+            )
     for p in model.parameters():
         if not torch.isfinite(p).all():
             raise ModelFittingError("a hyperparameter became NaN or infinite")

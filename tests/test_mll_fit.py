@@ -1,0 +1,91 @@
+"""The fast GP fit computes BoTorch's own objective and reaches BoTorch's own optimum."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import MixedSingleTaskGP, SingleTaskGP
+from botorch.models.transforms import Normalize, Standardize
+from botorch.test_functions import Hartmann
+from botorch.test_functions.multi_objective import VehicleSafety
+from gpytorch.constraints import GreaterThan
+from gpytorch.kernels import MaternKernel
+from gpytorch.mlls import ExactMarginalLogLikelihood
+
+from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp, negative_mll
+from policies.bayesian.models import ModelSettings, _optimise
+
+
+def _data(problem, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    X = torch.quasirandom.SobolEngine(problem.dim, scramble=True, seed=seed).draw(n, dtype=torch.float64)
+    Y = problem(problem.bounds[0] + X * (problem.bounds[1] - problem.bounds[0]))
+    return X, Y.unsqueeze(-1) if Y.dim() == 1 else Y
+
+
+def _gp(X: torch.Tensor, Y: torch.Tensor, fixed: bool) -> SingleTaskGP:
+    d = X.shape[-1]
+    unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
+    Yvar = 1e-2 * Y.var(0).expand_as(Y) if fixed else None
+    return SingleTaskGP(X, Y, train_Yvar=Yvar, input_transform=Normalize(d, bounds=unit), outcome_transform=Standardize(Y.shape[-1]))
+
+
+def _mll(model) -> np.ndarray:
+    """gpytorch's ExactMarginalLogLikelihood (with priors, divided by n), one value per output."""
+    model.train()
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    with torch.no_grad():
+        value = mll(model(*model.train_inputs), model.train_targets)
+    model.eval()
+    return value.reshape(-1).numpy()
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_objective_equals_gpytorchs_marginal_likelihood_at_any_hyperparameters(fixed):
+    X, Y = _data(VehicleSafety(), 30, 1)
+    model = _gp(X, Y, fixed)
+    with torch.no_grad():
+        model.covar_module.lengthscale = torch.tensor([[[0.3, 1.2, 0.7, 2.0, 0.1]], [[1.0] * 5], [[0.05, 3.0, 0.4, 0.4, 0.9]]]).double()
+        if not fixed:
+            model.likelihood.noise = torch.tensor([[0.01], [0.2], [1e-3]]).double()
+        model.mean_module.constant.copy_(torch.tensor([0.3, -0.2, 0.0]).double())
+    parts = exact_gp_parts(model)
+    d = parts.d
+    theta = [model.covar_module.lengthscale.reshape(3, d)]
+    if not fixed:
+        theta.append(model.likelihood.noise.reshape(3, 1))
+    theta.append(model.mean_module.constant.reshape(3, 1))
+    sqdist = (parts.X.unsqueeze(-2) - parts.X.unsqueeze(-3)).pow(2).permute(2, 0, 1)
+    ours = -negative_mll(parts, torch.cat(theta, -1).detach(), sqdist).numpy()
+    np.testing.assert_allclose(ours, _mll(model), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("problem,n", [(Hartmann(6), 25), (Hartmann(6), 80), (VehicleSafety(), 40)])
+def test_fit_reaches_botorchs_optimum(problem, n, fixed):
+    X, Y = _data(problem, n, seed=n)
+    reference, fast = _gp(X, Y, fixed), _gp(X, Y, fixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(reference.likelihood, reference), optimizer_kwargs={"options": {"maxiter": 200}})
+    assert fit_exact_gp(fast, maxiter=200)
+    # The same local optimum from the same start: equal to the optimiser's tolerance, never worse by more.
+    np.testing.assert_allclose(_mll(fast), _mll(reference), atol=5e-3)
+    assert (_mll(fast) >= _mll(reference) - 5e-3).all()
+    assert not fast.training
+
+
+def test_models_it_does_not_handle_go_to_botorchs_fit():
+    X, Y = _data(Hartmann(6), 20, 3)
+    matern = SingleTaskGP(X, Y, covar_module=MaternKernel(ard_num_dims=6))
+    softplus_noise = _gp(X, Y, fixed=False)
+    softplus_noise.likelihood.noise_covar.register_constraint("raw_noise", GreaterThan(1e-3))
+    Xc = torch.cat([X[:, :5], torch.randint(0, 3, (20, 1)).double()], -1)
+    mixed = MixedSingleTaskGP(Xc, Y, cat_dims=[5])
+    for model in (matern, softplus_noise, mixed):
+        assert exact_gp_parts(model) is None
+        before = _mll(model)
+        _optimise(model, ModelSettings().fit_maxiter)  # falls back to fit_gpytorch_mll and still fits
+        assert (_mll(model) > before).all()
