@@ -9,6 +9,7 @@ the first call is kept apart (it includes building the model, and for Ax replayi
 into a fresh Client).
 
     python benchmarks/bo_latency.py --out benchmarks/out/bo_latency.json
+    python benchmarks/bo_latency.py --ns '' --pool-size 0 --loop 25 --loop-seeds 5
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from bo_common import (
     OUT_DIR,
     build_policy,
     environment,
+    evaluate,
     fmt,
     history_from_points,
     make_problem,
@@ -35,7 +37,9 @@ from bo_common import (
     parse_list,
     print_table,
     ResultFile,
+    run_campaign,
 )
+from policies.base import Observation
 
 PROBLEM = "hartmann6"
 DATA_SEED = 0
@@ -55,11 +59,13 @@ def measure(policy: str, n: int, q: int, pool: int, repeats: int, options: dict[
     if pool:
         P = torch.quasirandom.SobolEngine(d, scramble=True, seed=DATA_SEED + 1).draw(pool, dtype=torch.float64).numpy()
         problem.space.pool = P
-        rows = np.random.default_rng(DATA_SEED).choice(pool, size=n, replace=False)
-        history = history_from_points(sim, P[rows], pool_index=[int(i) for i in rows])
+        rows = np.random.default_rng(DATA_SEED).choice(pool, size=n + repeats, replace=False)
+        history = history_from_points(sim, P[rows[:n]], pool_index=[int(i) for i in rows[:n]])
+        extra, extra_index = P[rows[n:]], [int(i) for i in rows[n:]]
     else:
-        X = torch.quasirandom.SobolEngine(d, scramble=True, seed=DATA_SEED).draw(n, dtype=torch.float64).numpy()
-        history = history_from_points(sim, X)
+        X = torch.quasirandom.SobolEngine(d, scramble=True, seed=DATA_SEED).draw(n + repeats, dtype=torch.float64).numpy()
+        history = history_from_points(sim, X[:n])
+        extra, extra_index = X[n:], [None] * repeats
     t0 = time.perf_counter()
     pol = build_policy(policy, problem, options)
     build_s = time.perf_counter() - t0
@@ -76,7 +82,10 @@ def measure(policy: str, n: int, q: int, pool: int, repeats: int, options: dict[
 
         pol._generate = timed
     times, counts = [], []
-    for _ in range(repeats):
+    for k in range(repeats):
+        if k:  # one more observation before each later call, as in a campaign
+            metrics = evaluate(sim, extra[k - 1 : k])[0]
+            history.append(Observation(trial_id=len(history), x=extra[k - 1], metrics=metrics, pool_index=extra_index[k - 1]))
         t = time.perf_counter()
         proposals = pol.propose(history, q, [])
         times.append(time.perf_counter() - t)
@@ -97,10 +106,25 @@ def measure(policy: str, n: int, q: int, pool: int, repeats: int, options: dict[
     }
 
 
+def measure_loop(policy: str, budget: int, seed: int, start: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per propose in a closed loop of `budget` Hartmann6 evaluations from an empty history."""
+    sim, problem = make_problem(PROBLEM, seed)
+    pol = build_policy(policy, problem, options)
+    history, seconds = run_campaign(pol, sim, budget)
+    best = float(np.min(history.Y(sim.metrics())[:, 0]))
+    return {
+        "status": "ok", "times_s": seconds, "median_s": float(np.median(seconds[start:])),
+        "regret": best - float(sim.optimal_value),
+    }
+
+
 def run_worker(spec: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
-        out = measure(spec["policy"], spec["n"], spec["q"], spec["pool"], spec["repeats"], spec["options"])
+        if "loop" in spec:
+            out = measure_loop(spec["policy"], spec["loop"], spec["seed"], spec["start"], spec["options"])
+        else:
+            out = measure(spec["policy"], spec["n"], spec["q"], spec["pool"], spec["repeats"], spec["options"])
     except Exception as exc:
         out = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out))
@@ -122,8 +146,33 @@ def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return out
 
 
+def report_loops(results: ResultFile, policies: list[str], plain: bool) -> list[dict[str, Any]]:
+    """Median seconds per propose over the model phase of each closed loop, and over all loops."""
+    loops = sorted({(r["loop"], r["start"]) for r in results.runs if "loop" in r})
+    rows, table = [], []
+    for budget, start in loops:
+        entry: dict[str, Any] = {"loop": budget, "from": start}
+        row = [str(budget), str(start)]
+        for policy in policies:
+            runs = [r for r in results.runs if r.get("loop") == budget and r.get("start") == start and r["policy"] == policy and r["status"] == "ok"]
+            times = [t for r in runs for t in r["times_s"][start:]]
+            med = float(np.median(times)) if times else None
+            regret = float(np.median([r["regret"] for r in runs])) if runs else None
+            entry[policy] = {"median_s": med, "seeds": len(runs), "median_regret": regret}
+            row += [fmt(med), str(len(runs)), fmt(regret)]
+        a, b = entry.get("botorch", {}).get("median_s"), entry.get("ax", {}).get("median_s")
+        entry["ax_over_aec"] = b / a if a and b else None
+        row.append(fmt(entry["ax_over_aec"]) if entry["ax_over_aec"] else "-")
+        rows.append(entry)
+        table.append(row)
+    if table:
+        columns = ["loop", "from"] + [f"{p} {c}" for p in policies for c in ("s/propose", "seeds", "regret")]
+        print_table("seconds per propose in closed Hartmann6 loops (median over seeds and proposals)", columns + ["ax / aec"], table, plain)
+    return rows
+
+
 def report(results: ResultFile, policies: list[str], plain: bool) -> list[dict[str, Any]]:
-    keys = sorted({(r["pool"], r["n"], r["q"]) for r in results.runs})
+    keys = sorted({(r["pool"], r["n"], r["q"]) for r in results.runs if "loop" not in r})
     rows, table = [], []
     for pool, n, q in keys:
         entry: dict[str, Any] = {"n": n, "q": q, "pool": pool}
@@ -165,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed proposals per setting")
     parser.add_argument("--ax-max-n", type=int, default=1000, help="skip Ax above this many observations")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before one setting is cut off")
+    parser.add_argument("--loop", type=int, default=0, help="also time closed loops of this many evaluations (0: none)")
+    parser.add_argument("--loop-seeds", type=int, default=3, help="seeds of the closed loops")
+    parser.add_argument("--loop-from", type=int, default=12, help="time the loop's proposals from this one on (the model phase)")
     parser.add_argument("--botorch-options", help="JSON options for the botorch policy")
     parser.add_argument("--ax-options", help="JSON options for the ax policy")
     parser.add_argument("--out", default=str(OUT_DIR / "bo_latency.json"))
@@ -197,11 +249,23 @@ def main(argv: list[str] | None = None) -> int:
                 results.add({**key, **record}, replace_key=key)
                 what = f"{fmt(record['median_s'])} s/propose" if record["status"] == "ok" else f"{record['status']}: {record.get('error', '')[:300]}"
                 print(f"{policy:>8} n={s['n']:<5} q={s['q']} pool={s['pool']}: {what}", flush=True)
+        for seed in range(args.loop_seeds if args.loop else 0):
+            for policy in policies:
+                key = {"policy": policy, "loop": args.loop, "start": args.loop_from, "seed": seed}
+                old = results.find(**key)
+                if old is not None and not args.redo and old["status"] == "ok":
+                    continue
+                record = run_isolated({**key, "options": options.get(policy) or {}}, args.timeout)
+                results.add({**key, **record}, replace_key=key)
+                what = f"{fmt(record['median_s'])} s/propose" if record["status"] == "ok" else f"{record['status']}: {record.get('error', '')[:300]}"
+                print(f"{policy:>8} loop={args.loop} seed={seed}: {what}", flush=True)
     results.reload()
     rows = report(results, policies, args.plain)
+    loops = report_loops(results, policies, args.plain)
     results.data["summary"] = rows
+    results.data["loops"] = loops
     results.save()
-    print(json.dumps({"benchmark": "bo_latency", "results": args.out, "summary": rows}, indent=1))
+    print(json.dumps({"benchmark": "bo_latency", "results": args.out, "summary": rows, "loops": loops}, indent=1))
     return 0
 
 
