@@ -16,7 +16,7 @@ from gpytorch.kernels import MaternKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp, negative_mll
-from policies.bayesian.models import ModelSettings, _optimise
+from policies.bayesian.models import HyperparameterCache, ModelSettings, TrainingData, _optimise, fit_model
 
 
 def _data(problem, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,3 +89,17 @@ def test_models_it_does_not_handle_go_to_botorchs_fit():
         before = _mll(model)
         _optimise(model, ModelSettings().fit_maxiter)  # falls back to fit_gpytorch_mll and still fits
         assert (_mll(model) > before).all()
+
+
+def test_warm_started_fit_in_a_loop_uses_the_fast_path_without_a_fallback():
+    X, Y = _data(Hartmann(6), 45, 5)
+    settings = ModelSettings()
+    cache = HyperparameterCache()
+    data = TrainingData(X=X[:40].numpy(), Y=Y[:40].numpy(), Yvar=None, metrics=["y"])
+    fit_model(data, np.array([0]), settings, cache)
+    grown = TrainingData(X=X.numpy(), Y=Y.numpy(), Yvar=None, metrics=["y"])
+    fitted = fit_model(grown, np.array([0]), settings, cache)
+    assert fitted.warm_started and fitted.jitter is None and fitted.fit_error is None
+    cold = _gp(X, Y, fixed=False)
+    assert fit_exact_gp(cold)
+    assert _mll(fitted.model)[0] >= _mll(cold)[0] - 5e-3

@@ -195,9 +195,9 @@ def fit_exact_gp(model, maxiter: int = 200, ftol: float | None = None, parts: Ex
         (grad,) = torch.autograd.grad(loss.sum(), t)
         return loss.detach().cpu().numpy().astype(np.float64), grad.cpu().numpy().astype(np.float64)
 
-    options = {"maxiter": maxiter}
+    options: dict = {"maxiter": maxiter}
     if ftol is not None:
-        options["ftol"] = ftol
+        options.update(ftol=ftol, factr=None)
     xs, _, _ = fmin_l_bfgs_b_batched(objective, theta0, bounds=bounds, pass_batch_indices=True, **options)
     if not np.isfinite(xs).all():
         raise torch.linalg.LinAlgError("the fitted hyperparameters are not finite")
