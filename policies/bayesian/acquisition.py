@@ -4,6 +4,8 @@ Every acquisition here scores candidates `batch x q x d` (BoTorch's convention) 
 where larger is better:
 
 - `qlognei`  qLogNoisyExpectedImprovement; outcome constraints as BoTorch constraint callables.
+             Without pending points or constraints, the same quantity from the cached factor
+             (cached_nei.CachedLogNEI), 3-7x cheaper per evaluation.
 - `logei`    analytic LogEI over the best predicted value (+ log P(feasible)), the fast choice for
              exact or low-noise measurements (MarginalLogEI).
 - `ucb`      qUpperConfidenceBound; outcome constraints as a log-probability-of-feasibility penalty.
@@ -41,6 +43,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from policies.base import Problem
+from policies.bayesian.cached_nei import CachedLogNEI, supports_cached_nei
 from policies.bayesian.models import FittedModel, train_marginals, with_fantasies
 from policies.bayesian.posterior import factorize, gp_marginals_any
 from policies.pareto import pareto_mask
@@ -214,6 +217,7 @@ class AcquisitionBuilder:
         self.beta = beta
         self.ref_point = ref_point
         self._mc: AcquisitionFunction | None = None
+        self._cached_nei: CachedLogNEI | None = None
         self._best_f: float | None = None
         self.scale = "log" if name in LOG_SCALE else ("positive" if name == "variance" else "raw")
         self.reference = 0.0
@@ -223,6 +227,11 @@ class AcquisitionBuilder:
 
     def build(self, X_pending: Tensor | None) -> AcquisitionFunction:
         """The acquisition with `X_pending` (k x d) treated as running trials."""
+        if self.name == "qlognei" and (X_pending is None or not len(X_pending)) and self._cached_nei_applies():
+            if self._cached_nei is None:
+                sign = self.outcomes.signs[0]
+                self._cached_nei = CachedLogNEI(self.fitted.model, self.baseline(), sign, self.mc_samples, self.seed)
+            return self._cached_nei
         if self.name in MC_ACQUISITIONS:
             if self._mc is None:
                 self._mc = self._make_mc(X_pending)
@@ -239,6 +248,10 @@ class AcquisitionBuilder:
             outputs = list(self.outcomes.objective_index)
             return StandardizedPosteriorStd(model, outputs, self.fitted.y_std[outputs])
         raise ValueError(f"{self.name!r} is not optimised as an acquisition function")
+
+    def _cached_nei_applies(self) -> bool:
+        """qLogNEI without pending points or outcome constraints, on one single-output GP: cached_nei.py."""
+        return not self.outcomes.constraints and not self.outcomes.multi and supports_cached_nei(self.fitted.model)
 
     def _make_mc(self, X_pending: Tensor | None) -> AcquisitionFunction:
         model, outcomes = self.fitted.model, self.outcomes

@@ -29,7 +29,7 @@ def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torc
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train inputs, Cholesky factor L of K + noise, alpha = K^-1 (y - prior mean)), cached on the GP."""
     cached = getattr(gp, "_aec_factor", None)
     if cached is not None:
@@ -53,7 +53,7 @@ def factorize(model: Model) -> None:
     """Cache the training-covariance factor of a GP (or of each GP of a list), outside any autograd graph."""
     with torch.no_grad():
         for gp in model.models if isinstance(model, ModelListGP) else [model]:
-            _gp_factor(gp)
+            gp_factor(gp)
 
 
 def gp_marginals_any(model: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ def gp_marginals_any(model: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch
 
 def gp_marginals(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (N x m, outcome transform undone) of one GP at X (N x d); differentiable in X."""
-    train_X, L, alpha = _gp_factor(gp)
+    train_X, L, alpha = gp_factor(gp)
     Xt = gp.transform_inputs(X)
     batched = train_X.dim() == 3
     if batched:
