@@ -78,11 +78,29 @@ def test_its_maximiser_is_as_good_as_the_maximiser_of_botorchs(name, n):
     assert best["cached"] >= best["botorch"] - 0.05
 
 
-def test_the_builder_uses_it_only_without_pending_points_or_constraints():
+def test_pending_points_count_as_baseline_as_in_botorchs_incremental_nei():
+    fitted, _, d = _fitted("hartmann6", 20)
+    T = torch.rand(3000, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    without = CachedLogNEI(fitted.model, fitted.train_X, -1.0, 8192, 5)
+    with torch.no_grad():
+        best = T[int(torch.argmax(without(T)))]  # 1 x d
+    pending = torch.cat([best, torch.rand(2, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))])
+    reference = _botorch_nei(fitted, fitted.train_X, 8192, 3)
+    reference.set_X_pending(pending)
+    ours = CachedLogNEI(fitted.model, torch.cat([fitted.train_X, pending]), -1.0, 8192, 5)
+    with torch.no_grad():
+        ref = reference(T)
+        top = torch.topk(ref, 50).indices
+        assert float((ours(T[top]) - ref[top]).abs().median()) < 0.02
+        # at a pending point there is nothing left to gain
+        assert float(ours(best.unsqueeze(0))) < float(without(best.unsqueeze(0))) - 3.0
+
+
+def test_the_builder_uses_it_unless_there_are_outcome_constraints():
     fitted, outcomes, d = _fitted("branin", 12)
     builder = AcquisitionBuilder("qlognei", fitted, outcomes, mc_samples=64, seed=0, beta=2.0)
     assert isinstance(builder.build(None), CachedLogNEI)
-    assert isinstance(builder.build(fitted.tensor(np.full((1, d), 0.5))), qLogNoisyExpectedImprovement)
+    assert isinstance(builder.build(fitted.tensor(np.full((1, d), 0.5))), CachedLogNEI)
     fitted_c, outcomes_c, _ = _fitted("branin", 12, constraint=True)
     constrained = AcquisitionBuilder("qlognei", fitted_c, outcomes_c, mc_samples=64, seed=0, beta=2.0)
     assert isinstance(constrained.build(None), qLogNoisyExpectedImprovement)

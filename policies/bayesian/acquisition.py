@@ -4,8 +4,8 @@ Every acquisition here scores candidates `batch x q x d` (BoTorch's convention) 
 where larger is better:
 
 - `qlognei`  qLogNoisyExpectedImprovement; outcome constraints as BoTorch constraint callables.
-             Without pending points or constraints, the same quantity from the cached factor
-             (cached_nei.CachedLogNEI), 3-7x cheaper per evaluation.
+             Without constraints, the same quantity (pending points in the baseline) from the
+             cached factor (cached_nei.CachedLogNEI), 3-7x cheaper per evaluation.
 - `logei`    analytic LogEI over the best predicted value (+ log P(feasible)), the fast choice for
              exact or low-noise measurements (MarginalLogEI).
 - `ucb`      qUpperConfidenceBound; outcome constraints as a log-probability-of-feasibility penalty.
@@ -217,7 +217,6 @@ class AcquisitionBuilder:
         self.beta = beta
         self.ref_point = ref_point
         self._mc: AcquisitionFunction | None = None
-        self._cached_nei: CachedLogNEI | None = None
         self._best_f: float | None = None
         self.scale = "log" if name in LOG_SCALE else ("positive" if name == "variance" else "raw")
         self.reference = 0.0
@@ -227,11 +226,10 @@ class AcquisitionBuilder:
 
     def build(self, X_pending: Tensor | None) -> AcquisitionFunction:
         """The acquisition with `X_pending` (k x d) treated as running trials."""
-        if self.name == "qlognei" and (X_pending is None or not len(X_pending)) and self._cached_nei_applies():
-            if self._cached_nei is None:
-                sign = self.outcomes.signs[0]
-                self._cached_nei = CachedLogNEI(self.fitted.model, self.baseline(), sign, self.mc_samples, self.seed)
-            return self._cached_nei
+        if self.name == "qlognei" and self._cached_nei_applies():
+            # Pending points join the baseline, as in BoTorch's (incremental) qLogNEI.
+            X_baseline = self.baseline() if X_pending is None else torch.cat([self.baseline(), X_pending])
+            return CachedLogNEI(self.fitted.model, X_baseline, self.outcomes.signs[0], self.mc_samples, self.seed)
         if self.name in MC_ACQUISITIONS:
             if self._mc is None:
                 self._mc = self._make_mc(X_pending)
@@ -250,7 +248,7 @@ class AcquisitionBuilder:
         raise ValueError(f"{self.name!r} is not optimised as an acquisition function")
 
     def _cached_nei_applies(self) -> bool:
-        """qLogNEI without pending points or outcome constraints, on one single-output GP: cached_nei.py."""
+        """qLogNEI without outcome constraints, on one single-output GP: cached_nei.py."""
         return not self.outcomes.constraints and not self.outcomes.multi and supports_cached_nei(self.fitted.model)
 
     def _make_mc(self, X_pending: Tensor | None) -> AcquisitionFunction:
