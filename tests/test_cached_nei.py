@@ -53,10 +53,10 @@ def test_values_equal_botorchs_where_the_acquisition_is_high(name, n):
     X_baseline = fitted.train_X
     reference = _botorch_nei(fitted, X_baseline, 8192, 3)
     ours = CachedLogNEI(fitted.model, X_baseline, -1.0, 8192, 5)
-    T = torch.rand(3000, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    T = torch.rand(1000, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = reference(T)
-        top = torch.topk(ref, 50).indices
+        top = torch.topk(ref, 30).indices
         diff = (ours(T[top]) - ref[top]).abs()
     assert float(diff.median()) < 0.02 and float(diff.max()) < 0.1
 
@@ -80,7 +80,7 @@ def test_its_maximiser_is_as_good_as_the_maximiser_of_botorchs(name, n):
 
 def test_pending_points_count_as_baseline_as_in_botorchs_incremental_nei():
     fitted, _, d = _fitted("hartmann6", 20)
-    T = torch.rand(3000, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    T = torch.rand(1000, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     without = CachedLogNEI(fitted.model, fitted.train_X, -1.0, 8192, 5)
     with torch.no_grad():
         best = T[int(torch.argmax(without(T)))]  # 1 x d
@@ -90,7 +90,7 @@ def test_pending_points_count_as_baseline_as_in_botorchs_incremental_nei():
     ours = CachedLogNEI(fitted.model, torch.cat([fitted.train_X, pending]), -1.0, 8192, 5)
     with torch.no_grad():
         ref = reference(T)
-        top = torch.topk(ref, 50).indices
+        top = torch.topk(ref, 30).indices
         assert float((ours(T[top]) - ref[top]).abs().median()) < 0.02
         # at a pending point there is nothing left to gain
         assert float(ours(best.unsqueeze(0))) < float(without(best.unsqueeze(0))) - 3.0
