@@ -13,6 +13,8 @@ from botorch.test_functions import Hartmann
 from botorch.test_functions.multi_objective import VehicleSafety
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import MaternKernel
+from gpytorch.means import ConstantMean
+from gpytorch.priors import NormalPrior
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp, negative_mll
@@ -84,7 +86,8 @@ def test_models_it_does_not_handle_go_to_botorchs_fit():
     softplus_noise.likelihood.noise_covar.register_constraint("raw_noise", GreaterThan(1e-3))
     Xc = torch.cat([X[:, :5], torch.randint(0, 3, (20, 1)).double()], -1)
     mixed = MixedSingleTaskGP(Xc, Y, cat_dims=[5])
-    for model in (matern, softplus_noise, mixed):
+    mean_prior = SingleTaskGP(X, Y, mean_module=ConstantMean(constant_prior=NormalPrior(0.0, 1.0)))
+    for model in (matern, softplus_noise, mixed, mean_prior):
         assert exact_gp_parts(model) is None
         before = _mll(model)
         _optimise(model, ModelSettings().fit_maxiter)  # falls back to fit_gpytorch_mll and still fits

@@ -42,7 +42,6 @@ class ExactGPParts:
     noise_prior: tuple[float, float] | None
     ls_lower: float
     noise_lower: float
-    batched: bool
 
     @property
     def b(self) -> int:
@@ -76,7 +75,13 @@ def exact_gp_parts(model) -> ExactGPParts | None:
     kernel, mean, lik = model.covar_module, model.mean_module, model.likelihood
     if type(kernel) is not RBFKernel or kernel.active_dims is not None or type(mean) is not ConstantMean:
         return None
-    if getattr(mean, "constant_prior", None) is not None or kernel.ard_num_dims != model.train_inputs[0].shape[-1]:
+    if kernel.ard_num_dims != model.train_inputs[0].shape[-1]:
+        return None
+    allowed = {"covar_module.lengthscale_prior", "likelihood.noise_covar.noise_prior"}
+    if any(name not in allowed for name, *_ in model.named_priors()):
+        return None
+    allowed = {"covar_module.raw_lengthscale_constraint", "likelihood.noise_covar.raw_noise_constraint"}
+    if any(name not in allowed for name, _ in model.named_constraints()):
         return None
     ls_prior = _lognormal(getattr(kernel, "lengthscale_prior", None))
     ls_lower = _lower(kernel.raw_lengthscale_constraint)
@@ -101,12 +106,11 @@ def exact_gp_parts(model) -> ExactGPParts | None:
         if getattr(model, "input_transform", None) is not None:
             X = model.input_transform.preprocess_transform(X)
         y = model.train_targets
-        batched = y.dim() == 2
-        y = y if batched else y.unsqueeze(0)
+        y = y if y.dim() == 2 else y.unsqueeze(0)
         if fixed is not None:
             fixed = fixed.reshape(y.shape)
     return ExactGPParts(X=X, y=y, fixed_noise=fixed, ls_prior=ls_prior, noise_prior=noise_prior,
-                        ls_lower=ls_lower, noise_lower=noise_lower, batched=batched)
+                        ls_lower=ls_lower, noise_lower=noise_lower)
 
 
 def _lognormal_logpdf(x: torch.Tensor, loc: float, scale: float) -> torch.Tensor:
