@@ -58,6 +58,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
     "botorch-init5": ("botorch", lambda d: {"initial": 5}),  # Ax's initial design size (centre + 4 Sobol)
     "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
+    "botorch-tight": ("botorch", lambda d: {"maxiter": 200, "acq_ftol": None}),  # restarts run to scipy's tolerance, as Ax's
 }
 
 

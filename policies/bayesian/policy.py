@@ -37,7 +37,7 @@ from policies.bayesian.models import (
 )
 from policies.bayesian.route import TravelCost, order_route
 from policies.bayesian.pool_search import search_pool
-from policies.bayesian.search import Pick, SearchContext, SearchSettings, search_space
+from policies.bayesian.search import ACQ_FTOL, Pick, SearchContext, SearchSettings, search_space
 from policies.bayesian.winsorize import winsorize
 from policies.pareto import pareto_mask, reference_point
 
@@ -72,6 +72,9 @@ class BotorchOptions(BaseModel):
     num_restarts: int = Field(12, ge=1, description="acquisition optimiser restarts")
     raw_samples: int = Field(512, ge=8, description="points scored to pick the restarts' starting points")
     maxiter: int = Field(100, ge=1, description="optimiser iterations per restart")
+    acq_ftol: float | None = Field(
+        ACQ_FTOL, gt=0, description="relative change of the acquisition value at which a restart stops (None: scipy's 2.2e-9)"
+    )
     fit_max: int = Field(256, ge=8, description="most points the hyperparameters are fitted on")
     condition_max: int = Field(512, ge=8, description="most points the posterior is conditioned on")
     fit_maxiter: int = Field(200, ge=1, description="L-BFGS iterations of a hyperparameter fit")
@@ -169,7 +172,7 @@ class BotorchPolicy:
             dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
         )
         self.search_settings = SearchSettings(
-            num_restarts=opts.num_restarts, raw_samples=opts.raw_samples, maxiter=opts.maxiter,
+            num_restarts=opts.num_restarts, raw_samples=opts.raw_samples, maxiter=opts.maxiter, ftol=opts.acq_ftol,
             batch_mode=opts.batch_mode, pool_chunk=opts.pool_chunk, pool_shortlist=opts.pool_shortlist,
             ts_candidates=opts.ts_candidates, beta=opts.beta,
         )

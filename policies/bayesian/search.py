@@ -41,7 +41,7 @@ from policies.pareto import pareto_mask
 
 logger = logging.getLogger(__name__)
 
-ACQ_FTOL = 1e-6  # relative change of the acquisition value at which L-BFGS-B stops
+ACQ_FTOL = 1e-6  # default relative change of the acquisition value at which L-BFGS-B stops
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SearchSettings:
     num_restarts: int = 12
     raw_samples: int = 512
     maxiter: int = 100
+    ftol: float | None = ACQ_FTOL  # None: scipy's default (2.2e-9)
     batch_mode: str = "sequential"
     pool_chunk: int = 4096
     pool_shortlist: int = 256
@@ -203,8 +204,8 @@ def _optimise_once_quietly(acqf, ctx: SearchContext, q: int, seed: int) -> tuple
         return X.reshape(1, q, d), v.reshape(-1)[:1] if q == 1 else v.sum().reshape(1)
     options: dict = {"maxiter": s.maxiter, "batch_limit": max(s.num_restarts, 8), "init_batch_limit": s.raw_samples}
     starts = None
-    if ineq is None:
-        options.update(ftol=ACQ_FTOL, factr=None)  # batched L-BFGS-B: stop once the value stops moving
+    if ineq is None and s.ftol is not None:
+        options.update(ftol=s.ftol, factr=None)  # batched L-BFGS-B: stop once the value stops moving
     elif q == 1:
         starts = _feasible_starts(acqf, ctx, seed)
     X, v = optimize_acqf(
