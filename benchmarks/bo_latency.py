@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds before one setting is cut off")
     parser.add_argument("--loop", type=int, default=0, help="also time closed loops of this many evaluations (0: none)")
     parser.add_argument("--loop-seeds", type=int, default=3, help="seeds of the closed loops")
-    parser.add_argument("--loop-from", type=int, default=12, help="time the loop's proposals from this one on (the model phase)")
+    parser.add_argument("--loop-from", type=int, default=12, help="time the loop's proposals from this index on (0-based; the model phase)")
     parser.add_argument("--botorch-options", help="JSON options for the botorch policy")
     parser.add_argument("--ax-options", help="JSON options for the ax policy")
     parser.add_argument("--out", default=str(OUT_DIR / "bo_latency.json"))
