@@ -3,10 +3,12 @@
 Hartmann6 data (d=6) at 50, 200, 1,000 and 5,000 observations, batches of q=1 and q=4, and a
 65,536-point candidate pool; for each setting a fresh policy is built in its own process (so a
 hung or slow setting can be cut off with --timeout) and `propose(history, q, [])` is timed
---repeats times on the same history. Ax's cost grows quickly with the number of trials, so Ax is
+--repeats times. Ax's cost grows quickly with the number of trials, so Ax is
 run only up to --ax-max-n observations. Reports the median time per propose and per candidate;
 the first call is kept apart (it includes building the model, and for Ax replaying the history
-into a fresh Client).
+into a fresh Client), and before each later call the history gains one more observation, as in a
+campaign. `--loop N` also times closed loops of N evaluations from an empty history (the issue's
+reference: Ax's Client on a 25-trial Hartmann6 loop), median over the proposals from --loop-from.
 
     python benchmarks/bo_latency.py --out benchmarks/out/bo_latency.json
     python benchmarks/bo_latency.py --ns '' --pool-size 0 --loop 25 --loop-seeds 5
@@ -147,7 +149,7 @@ def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def report_loops(results: ResultFile, policies: list[str], plain: bool) -> list[dict[str, Any]]:
-    """Median seconds per propose over the model phase of each closed loop, and over all loops."""
+    """Median seconds per propose over the model phase of the closed loops, pooled over their seeds."""
     loops = sorted({(r["loop"], r["start"]) for r in results.runs if "loop" in r})
     rows, table = [], []
     for budget, start in loops:
@@ -201,6 +203,12 @@ def report(results: ResultFile, policies: list[str], plain: bool) -> list[dict[s
     return rows
 
 
+def _outcome(record: dict[str, Any]) -> str:
+    if record["status"] == "ok":
+        return f"{fmt(record['median_s'])} s/propose"
+    return f"{record['status']}: {record.get('error', '')[:300]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -247,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     spec = {**key, "repeats": args.repeats, "options": options.get(policy) or {}}
                     record = run_isolated(spec, args.timeout)
                 results.add({**key, **record}, replace_key=key)
-                what = f"{fmt(record['median_s'])} s/propose" if record["status"] == "ok" else f"{record['status']}: {record.get('error', '')[:300]}"
-                print(f"{policy:>8} n={s['n']:<5} q={s['q']} pool={s['pool']}: {what}", flush=True)
+                print(f"{policy:>8} n={s['n']:<5} q={s['q']} pool={s['pool']}: {_outcome(record)}", flush=True)
         for seed in range(args.loop_seeds if args.loop else 0):
             for policy in policies:
                 key = {"policy": policy, "loop": args.loop, "start": args.loop_from, "seed": seed}
@@ -257,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 record = run_isolated({**key, "options": options.get(policy) or {}}, args.timeout)
                 results.add({**key, **record}, replace_key=key)
-                what = f"{fmt(record['median_s'])} s/propose" if record["status"] == "ok" else f"{record['status']}: {record.get('error', '')[:300]}"
-                print(f"{policy:>8} loop={args.loop} seed={seed}: {what}", flush=True)
+                print(f"{policy:>8} loop={args.loop} seed={seed}: {_outcome(record)}", flush=True)
     results.reload()
     rows = report(results, policies, args.plain)
     loops = report_loops(results, policies, args.plain)
