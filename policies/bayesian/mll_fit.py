@@ -24,12 +24,9 @@ from gpytorch.kernels import RBFKernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.means import ConstantMean
 from gpytorch.priors import LogNormalPrior
+from linear_operator.utils.cholesky import psd_safe_cholesky
 
 __all__ = ["ExactGPParts", "exact_gp_parts", "fit_exact_gp", "negative_mll"]
-
-# Jitter added to the diagonal, as gpytorch's psd_safe_cholesky does, when a factorisation fails.
-JITTERS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
-
 
 @dataclass
 class ExactGPParts:
@@ -131,7 +128,7 @@ def negative_mll(parts: ExactGPParts, theta: torch.Tensor, sqdist: torch.Tensor)
     else:
         noise = parts.fixed_noise
     K = K + torch.diag_embed(noise)
-    L = _cholesky(K)
+    L = psd_safe_cholesky(K)  # adds jitter on failure, as gpytorch's own fits do
     r = (parts.y - constant.unsqueeze(-1)).unsqueeze(-1)
     z = torch.linalg.solve_triangular(L, r, upper=False).squeeze(-1)
     log_lik = -0.5 * (z * z).sum(-1) - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1) - 0.5 * n * math.log(2 * math.pi)
@@ -139,15 +136,6 @@ def negative_mll(parts: ExactGPParts, theta: torch.Tensor, sqdist: torch.Tensor)
     if parts.noise_prior is not None:
         log_prior = log_prior + _lognormal_logpdf(theta[:, d], *parts.noise_prior)
     return -(log_lik + log_prior) / n
-
-
-def _cholesky(K: torch.Tensor) -> torch.Tensor:
-    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-    for jitter in JITTERS:
-        L, info = torch.linalg.cholesky_ex(K + jitter * eye if jitter else K)
-        if not bool((info != 0).any()):
-            return L
-    raise torch.linalg.LinAlgError("the kernel matrix is not positive definite even with jitter 1e-4")
 
 
 def _read_theta(model, parts: ExactGPParts) -> np.ndarray:
