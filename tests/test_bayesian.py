@@ -25,6 +25,7 @@ from policies.base import (
     Proposal,
 )
 from policies.bayesian import BotorchPolicy
+from policies.bayesian.acquisition import AcquisitionBuilder
 from policies.bayesian import models as models_module
 from policies.bayesian.models import (
     ModelSettings,
@@ -309,6 +310,24 @@ def test_multi_objective_uses_given_thresholds_and_outcome_constraints():
     props = pol.propose(H, 2, [])
     assert props[0].reason["ref_point"] == {"f0": 2.0, "f1": 2.0} and props[0].reason["ref_point_inferred"] is False
     assert all(p.x[1] <= 0.4 for p in props)
+
+
+def test_standardised_hypervolume_scales_each_objective_by_its_spread():
+    H = history(np.random.default_rng(12).random((10, 2)), lambda x: {"f0": 1000.0 * float(x[0]), "f1": float((x[1] - 0.5) ** 2)})
+    objectives = [Objective("f0", threshold=1200.0), Objective("f1", threshold=1.0)]
+    plain = policy(cube(2), objectives=objectives)
+    scaled = policy(cube(2), objectives=objectives, standardize_objectives=True)
+    data = plain._training_data(H)
+    fitted = models_module.fit_model(data, plain._anchors(data), plain.model_settings)
+    ref = fitted.tensor(np.array([-1200.0, -1.0]))
+    builders = [AcquisitionBuilder("qlognehvi", fitted, p.outcomes, mc_samples=32, seed=0, beta=2.0, ref_point=ref,
+                                   standardize_objectives=p.options.standardize_objectives) for p in (plain, scaled)]
+    a, b = (builder.build(None) for builder in builders)
+    spread = torch.as_tensor(np.nanstd(data.Y, axis=0)).to(ref)
+    assert torch.allclose(b.objective.weights, a.objective.weights / spread)
+    assert torch.allclose(b.ref_point, a.ref_point / spread)
+    props = scaled.propose(H, 2, [])
+    assert len(props) == 2 and props[0].reason["ref_point"] == {"f0": 1200.0, "f1": 1.0}
 
 
 def test_multi_objective_on_a_pool_and_variance_for_mapping():

@@ -208,8 +208,10 @@ class AcquisitionBuilder:
         seed: int,
         beta: float,
         ref_point: Tensor | None = None,
+        standardize_objectives: bool = False,
     ):
         self.name = name
+        self.standardize_objectives = standardize_objectives
         self.fitted = fitted
         self.outcomes = outcomes
         self.mc_samples = mc_samples
@@ -267,12 +269,16 @@ class AcquisitionBuilder:
             weight = float(self.fitted.y_std[outcomes.objective_index[0]])
             return FeasibilityWeighted(ucb, LogProbabilityOfFeasibility(model, analytic_bounds(outcomes)), weight)
         if self.name == "qlognehvi":
+            weights = self.fitted.train_X.new_tensor(outcomes.signs)
+            ref_point = self.ref_point
+            if self.standardize_objectives:  # BoTorch's smoothing temperatures then act on unit-spread objectives, as in Ax
+                spread = self.fitted.y_std[list(outcomes.objective_index)].to(weights)
+                weights, ref_point = weights / spread, ref_point / spread
             objective = WeightedMCMultiOutputObjective(
-                weights=self.fitted.train_X.new_tensor(outcomes.signs), outcomes=list(outcomes.objective_index),
-                num_outcomes=len(outcomes.metrics),
+                weights=weights, outcomes=list(outcomes.objective_index), num_outcomes=len(outcomes.metrics),
             )
             return qLogNoisyExpectedHypervolumeImprovement(
-                model, ref_point=self.ref_point, X_baseline=self.baseline(), sampler=sampler,
+                model, ref_point=ref_point, X_baseline=self.baseline(), sampler=sampler,
                 objective=objective, constraints=constraints, X_pending=X_pending, prune_baseline=True,
             )
         raise ValueError(f"unknown MC acquisition {self.name!r}")

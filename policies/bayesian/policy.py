@@ -94,6 +94,11 @@ class BotorchOptions(BaseModel):
         False, description="clip each metric's far tail on its bad side (Tukey's fence, never inside a threshold or "
         "bound) before fitting, as Ax does, so that a few very poor measurements do not flatten the model",
     )
+    standardize_objectives: bool = Field(
+        False, description="qlognehvi: measure hypervolume in units of each objective's observed spread (as Ax, which "
+        "standardises outcomes before BoTorch sees them), so that BoTorch's fixed smoothing temperatures mean the same "
+        "for every objective; the chosen points differ only through that smoothing",
+    )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
     pool_chunk: int = Field(4096, ge=64, description="pool rows scored per chunk")
@@ -304,6 +309,7 @@ class BotorchPolicy:
         )
         builder = AcquisitionBuilder(
             self.acquisition, fitted, self.outcomes, mc_samples=opts.mc_samples, seed=seed, beta=opts.beta, ref_point=ref_t,
+            standardize_objectives=opts.standardize_objectives,
         )
         if space.pool is not None:
             taken = history.used_pool_indices() | {p.pool_index for p in pending if p.pool_index is not None}
