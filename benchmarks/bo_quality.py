@@ -56,7 +56,7 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-winsor": ("botorch", lambda d: {"winsorize": True}),  # Ax's automatic winsorization
     "botorch-warm30": ("botorch", lambda d: {"warm_start_after": 30}),  # the default before cold multi-metric fits
     "botorch-warm0": ("botorch", lambda d: {"warm_start_after": 0}),  # every fit after the first warm-started
-    "botorch-stdhv": ("botorch", lambda d: {"standardize_objectives": True}),  # hypervolume in standardised units, as Ax
+    "botorch-metrichv": ("botorch", lambda d: {"standardize_objectives": False}),  # hypervolume in metric units, the default before 2026-12-01
     "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
     "botorch-init5": ("botorch", lambda d: {"initial": 5}),  # Ax's initial design size (centre + 4 Sobol)
     "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre

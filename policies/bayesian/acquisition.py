@@ -208,7 +208,7 @@ class AcquisitionBuilder:
         seed: int,
         beta: float,
         ref_point: Tensor | None = None,
-        standardize_objectives: bool = False,
+        standardize_objectives: bool = True,
     ):
         self.name = name
         self.standardize_objectives = standardize_objectives

@@ -95,9 +95,10 @@ class BotorchOptions(BaseModel):
         "bound) before fitting, as Ax does, so that a few very poor measurements do not flatten the model",
     )
     standardize_objectives: bool = Field(
-        False, description="qlognehvi: measure hypervolume in units of each objective's observed spread (as Ax, which "
+        True, description="qlognehvi: measure hypervolume in units of each objective's observed spread (as Ax, which "
         "standardises outcomes before BoTorch sees them), so that BoTorch's fixed smoothing temperatures mean the same "
-        "for every objective; the chosen points differ only through that smoothing",
+        "for every objective and the choice of units (g or kg) changes nothing (measured: at least as good as metric "
+        "units on VehicleSafety, DTLZ2 and BraninCurrin over 20 seeds; benchmarks/README.md)",
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
