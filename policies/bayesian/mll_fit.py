@@ -1,8 +1,8 @@
 """Fast maximum-a-posteriori fit of BoTorch's default SingleTaskGP: the same objective, fewer layers.
 
 `fit_gpytorch_mll` evaluates the marginal likelihood through gpytorch's module and
-linear-operator machinery, which costs ~2 ms per evaluation whatever the size below a few
-hundred points, so a cold fit at n = 25-50 takes 0.1-0.2 s, most of a proposal's time. For the
+linear-operator layers, whose per-call cost dominates below a few hundred points: a cold fit
+at n = 25-50 took 0.10-0.16 s here, against 0.05-0.07 s with this module (same optimum). For the
 model BoTorch builds by default (RBF kernel with ARD lengthscales, constant mean, Gaussian or
 fixed noise, LogNormal priors, bounds from `GreaterThan` constraints without transforms), this
 module writes the same objective, -(log N(y; c, K + noise) + log priors) / n, as a few batched
