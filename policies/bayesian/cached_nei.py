@@ -8,16 +8,17 @@ search the larger half of a proposal. This module computes the same quantity for
 the factor cached on the GP (posterior.py): the baseline draws are fixed once, and a candidate's
 draw is its exact Gaussian conditional given them, so an evaluation is a few small matrix
 products (values equal BoTorch's to Monte-Carlo error; tests/test_cached_nei.py). The smooth
-max and log-improvement are BoTorch's own (TAU_RELU, TAU_MAX, fatmax, logmeanexp).
+log-improvement and the mean over draws are BoTorch's own (TAU_RELU, logmeanexp); its smooth max over
+the q points (fatmax) is the identity at q = 1.
 """
 from __future__ import annotations
 
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.logei import TAU_MAX, TAU_RELU, _log_improvement
+from botorch.acquisition.logei import TAU_RELU, _log_improvement
 from botorch.models import ModelListGP
 from botorch.models.model import Model
-from botorch.utils.safe_math import fatmax, logmeanexp
+from botorch.utils.safe_math import logmeanexp
 from botorch.utils.sampling import draw_sobol_normal_samples
 from botorch.utils.transforms import t_batch_mode_transform
 from gpytorch.kernels import RBFKernel
@@ -107,4 +108,4 @@ class CachedLogNEI(AcquisitionFunction):
         resid = (var - (c * c).sum(0)).clamp_min(1e-12).sqrt()  # b
         f = mu + self._W @ c + self._z.unsqueeze(-1) * resid  # S x b
         log_imp = _log_improvement(self._objective(f).unsqueeze(-1), self.best_f.unsqueeze(-1), tau=TAU_RELU, fat=True)
-        return logmeanexp(fatmax(log_imp, dim=-1, tau=TAU_MAX), dim=0)  # b
+        return logmeanexp(log_imp.squeeze(-1), dim=0)  # b; BoTorch's smooth max over q is the identity at q = 1
