@@ -175,9 +175,9 @@ def fit_exact_gp(model, maxiter: int = 200, ftol: float | None = None, parts: Ex
     X = parts.X
     sqdist = (X.unsqueeze(-2) - X.unsqueeze(-3)).pow(2).permute(2, 0, 1).contiguous()  # d x n x n
     theta0 = _read_theta(model, parts)
-    lower = [parts.ls_lower] * parts.d + ([parts.noise_lower] if parts.fixed_noise is None else []) + [None]
-    bounds = [(lo if lo is not None else -np.inf, np.inf) for lo in lower]
-    theta0 = np.maximum(theta0, np.array([lo for lo, _ in bounds]))
+    lower = [parts.ls_lower] * parts.d + ([parts.noise_lower] if parts.fixed_noise is None else []) + [-np.inf]
+    bounds = [(lo, np.inf) for lo in lower]
+    theta0 = np.maximum(theta0, np.array(lower))
 
     def objective(theta: np.ndarray, batch_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         fixed = None if parts.fixed_noise is None else parts.fixed_noise[batch_indices]
