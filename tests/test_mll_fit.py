@@ -17,7 +17,7 @@ from gpytorch.means import ConstantMean
 from gpytorch.priors import NormalPrior
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp, negative_mll
+from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp, negative_mll, negative_mll_and_grad
 from policies.bayesian.models import HyperparameterCache, ModelSettings, TrainingData, _optimise, fit_model
 
 
@@ -62,6 +62,25 @@ def test_objective_equals_gpytorchs_marginal_likelihood_at_any_hyperparameters(f
     sqdist = (parts.X.unsqueeze(-2) - parts.X.unsqueeze(-3)).pow(2).permute(2, 0, 1)
     ours = -negative_mll(parts, torch.cat(theta, -1).detach(), sqdist).numpy()
     np.testing.assert_allclose(ours, _mll(model), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_closed_form_gradient_equals_autograds(fixed):
+    X, Y = _data(VehicleSafety(), 30, 1)
+    parts = exact_gp_parts(_gp(X, Y, fixed))
+    g = torch.Generator().manual_seed(0)
+    cols = [0.05 + 2 * torch.rand(3, parts.d, generator=g, dtype=torch.float64)]
+    if not fixed:
+        cols.append(1e-3 + 0.2 * torch.rand(3, 1, generator=g, dtype=torch.float64))
+    cols.append(torch.randn(3, 1, generator=g, dtype=torch.float64))
+    theta = torch.cat(cols, -1).requires_grad_(True)
+    sqdist = (parts.X.unsqueeze(-2) - parts.X.unsqueeze(-3)).pow(2).permute(2, 0, 1)
+    value = negative_mll(parts, theta, sqdist)
+    (expected,) = torch.autograd.grad(value.sum(), theta)
+    closed_value, closed = negative_mll_and_grad(parts, theta.detach(), sqdist)
+    np.testing.assert_allclose(closed_value.numpy(), value.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(closed.numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
+    assert closed.abs().max() > 0.1  # a point away from the optimum, so the comparison means something
 
 
 @pytest.mark.parametrize("fixed", [False, True])
