@@ -115,3 +115,22 @@ def test_it_takes_a_q_by_d_tensor_as_botorchs_acquisitions_do():
     assert value.shape == (1,) and torch.isfinite(value).all() and torch.isfinite(grad).all()
     with torch.no_grad():
         assert torch.allclose(acqf(X.detach().unsqueeze(0)), value.detach())
+
+
+@pytest.mark.parametrize("name,n", [("hartmann6", 20), ("branin", 15)])
+def test_closed_form_gradient_equals_autograds(name, n):
+    fitted, _, d = _fitted(name, n)
+    acq = CachedLogNEI(fitted.model, fitted.train_X, -1.0, 256, 5)
+    assert acq._closed_form
+    T = torch.rand(12, 1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    values, grads = [], []
+    for closed in (True, False):
+        acq._closed_form = closed
+        X = T.clone().requires_grad_(True)
+        value = acq(X)
+        (grad,) = torch.autograd.grad(value.sum(), X)
+        values.append(value.detach())
+        grads.append(grad)
+    torch.testing.assert_close(values[0], values[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
+    assert grads[1].abs().max() > 1.0

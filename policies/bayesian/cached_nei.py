@@ -22,6 +22,7 @@ from botorch.utils.safe_math import logmeanexp
 from botorch.utils.sampling import draw_sobol_normal_samples
 from botorch.utils.transforms import t_batch_mode_transform
 from gpytorch.kernels import RBFKernel
+from gpytorch.means import ConstantMean
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
@@ -50,6 +51,7 @@ class CachedLogNEI(AcquisitionFunction):
         self.sign = float(sign)
         kernel = model.covar_module
         self._plain_rbf = type(kernel) is RBFKernel and kernel.active_dims is None
+        self._closed_form = self._plain_rbf and type(model.mean_module) is ConstantMean
         with torch.no_grad():
             self._train_X, self._L, self._alpha = gp_factor(model)
             B = model.transform_inputs(X_baseline)
@@ -67,6 +69,10 @@ class CachedLogNEI(AcquisitionFunction):
             # The kept draws, whitened: a candidate's draw is mu_x + c^T w + s z given them.
             self._W = torch.linalg.solve_triangular(self._L_B, (f_B[:, keep] - self._mu_B).T, upper=False).T  # S x k'
             self._z = base[:, -1]  # S
+            if self._closed_form:
+                ls = kernel.lengthscale.reshape(-1)
+                self._ls, self._scaled_train, self._scaled_B = ls, self._train_X / ls, self._B / ls
+                self._constant = model.mean_module.constant.reshape(())
 
     def _kernel(self, A: Tensor, B: Tensor) -> Tensor:
         """K(A, B): the RBF kernel of BoTorch's default GP written out (gpytorch's lazy tensors cost
@@ -101,11 +107,51 @@ class CachedLogNEI(AcquisitionFunction):
     def forward(self, X: Tensor) -> Tensor:
         """X: b x 1 x d (or 1 x d) -> b."""
         Xt = self.model.transform_inputs(X.squeeze(-2))  # b x d
+        f = _CandidateDraws.apply(Xt, self) if self._closed_form else self._draws(Xt)
+        log_imp = _log_improvement(self._objective(f).unsqueeze(-1), self.best_f.unsqueeze(-1), tau=TAU_RELU, fat=True)
+        return logmeanexp(log_imp.squeeze(-1), dim=0)  # b; BoTorch's smooth max over q is the identity at q = 1
+
+    def _draws(self, Xt: Tensor) -> Tensor:
+        """The candidates' latent draws (S x b) given the fixed baseline draws, through autograd."""
         mu, V = self._latent(Xt)
         var = self._prior_variance(Xt) - (V * V).sum(0)  # b
         cross = self._kernel(self._B, Xt) - self._V_B.transpose(-1, -2) @ V  # k' x b
         c = torch.linalg.solve_triangular(self._L_B, cross, upper=False)  # k' x b
         resid = (var - (c * c).sum(0)).clamp_min(1e-12).sqrt()  # b
-        f = mu + self._W @ c + self._z.unsqueeze(-1) * resid  # S x b
-        log_imp = _log_improvement(self._objective(f).unsqueeze(-1), self.best_f.unsqueeze(-1), tau=TAU_RELU, fat=True)
-        return logmeanexp(log_imp.squeeze(-1), dim=0)  # b; BoTorch's smooth max over q is the identity at q = 1
+        return mu + self._W @ c + self._z.unsqueeze(-1) * resid  # S x b
+
+
+def _rbf(scaled_A: Tensor, scaled_x: Tensor) -> Tensor:
+    sq = (scaled_A * scaled_A).sum(-1).unsqueeze(-1) + (scaled_x * scaled_x).sum(-1) - 2.0 * scaled_A @ scaled_x.T
+    return torch.exp(-0.5 * sq.clamp_min(0.0))
+
+
+class _CandidateDraws(torch.autograd.Function):
+    """CachedLogNEI._draws for the plain RBF kernel and a constant mean, with the backward pass in
+    closed form: autograd's graph over these ~15 small operations cost as much as evaluating them."""
+
+    @staticmethod
+    def forward(ctx, Xt: Tensor, acq: CachedLogNEI) -> Tensor:
+        a = Xt / acq._ls
+        K_t, K_B = _rbf(acq._scaled_train, a), _rbf(acq._scaled_B, a)  # n x b, k' x b
+        mu = acq._constant + (K_t.T @ acq._alpha).squeeze(-1)
+        V = torch.linalg.solve_triangular(acq._L, K_t, upper=False)
+        c = torch.linalg.solve_triangular(acq._L_B, K_B - acq._V_B.T @ V, upper=False)
+        r2 = 1.0 - (V * V).sum(0) - (c * c).sum(0)
+        resid = r2.clamp_min(1e-12).sqrt()
+        ctx.acq = acq
+        ctx.save_for_backward(a, K_t, K_B, V, c, resid, r2 > 1e-12)
+        return mu + acq._W @ c + acq._z.unsqueeze(-1) * resid
+
+    @staticmethod
+    def backward(ctx, g_f: Tensor):
+        acq = ctx.acq
+        a, K_t, K_B, V, c, resid, inside = ctx.saved_tensors
+        g_r2 = torch.where(inside, (acq._z @ g_f) / (2.0 * resid), 0.0)  # b
+        g_c = acq._W.T @ g_f - 2.0 * c * g_r2
+        g_KB = torch.linalg.solve_triangular(acq._L_B.T, g_c, upper=True)  # d/d(K_B - V_B^T V)
+        g_V = -(acq._V_B @ g_KB) - 2.0 * V * g_r2
+        g_Kt = torch.linalg.solve_triangular(acq._L.T, g_V, upper=True) + acq._alpha * g_f.sum(0)
+        G_t, G_B = g_Kt * K_t, g_KB * K_B
+        g_a = G_t.T @ acq._scaled_train + G_B.T @ acq._scaled_B - (G_t.sum(0) + G_B.sum(0)).unsqueeze(-1) * a
+        return g_a / acq._ls, None
