@@ -467,6 +467,27 @@ def test_marginal_posterior_matches_botorch_posterior():
     torch.testing.assert_close(std, post.variance.squeeze(-2).detach().sqrt(), atol=1e-8, rtol=1e-6)
 
 
+
+def test_float32_pool_screen_keeps_the_ranking_and_the_pick():
+    rng = np.random.default_rng(22)
+    X = rng.random((200, 4))
+    Y = np.stack([np.sin(5 * X).sum(1), X.sum(1)], axis=1)
+    for batched in (False, True):  # one output, and a batched two-output GP
+        fitted = fit_model(TrainingData(X, Y[:, : 1 + batched], None, ["a", "b"][: 1 + batched]), np.array([0]), ModelSettings())
+        P = torch.rand(20000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        mean, std = marginal_posterior(fitted, P)
+        mean32, std32 = marginal_posterior(fitted, P, screen=True)
+        assert mean32.dtype == torch.float64
+        torch.testing.assert_close(mean32, mean, atol=1e-12, rtol=1e-12)
+        assert float(((std32 - std).abs() / std).max()) < 2e-3
+        top, top32 = torch.topk(std[:, 0], 256).indices, torch.topk(std32[:, 0], 256).indices
+        assert len(set(top.tolist()) & set(top32.tolist())) >= 250
+    pool = rng.random((4096, 4))
+    used = rng.choice(len(pool), 60, replace=False)
+    H = history(pool[used], quadratic, pool_index=used)
+    picks = [[p.pool_index for p in policy(cube(4, pool=pool), pool_screen_float32=f).propose(H, 3, [])] for f in (True, False)]
+    assert picks[0] == picks[1]
+
 def test_analytic_logei_matches_botorch_and_has_gradients():
     from botorch.acquisition.analytic import LogExpectedImprovement
 

@@ -105,6 +105,10 @@ class BotorchOptions(BaseModel):
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
     pool_chunk: int = Field(4096, ge=64, description="pool rows scored per chunk")
     pool_shortlist: int = Field(256, ge=1, description="pool rows the MC acquisition re-scores after screening")
+    pool_screen_float32: bool = Field(
+        True, description="screen a float64 pool's variances with a float32 product (about half the time; the "
+        "shortlist is then re-scored in full precision; benchmarks/README.md)",
+    )
     ts_candidates: int = Field(1024, ge=16, description="candidates per Thompson draw")
     cost_aware: Literal["none", "divide", "route", "both"] = Field(
         "none", description="divide: value per second of travel + dwell; route: order each batch as a short path"
@@ -189,6 +193,7 @@ class BotorchPolicy:
         self.search_settings = SearchSettings(
             num_restarts=opts.num_restarts, raw_samples=opts.raw_samples, maxiter=opts.maxiter, ftol=opts.acq_ftol,
             batch_mode=opts.batch_mode, pool_chunk=opts.pool_chunk, pool_shortlist=opts.pool_shortlist,
+            pool_screen_float32=opts.pool_screen_float32,
             ts_candidates=opts.ts_candidates, beta=opts.beta,
         )
         self.travel = None

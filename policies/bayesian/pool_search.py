@@ -57,7 +57,7 @@ def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContex
         return _pool_greedy_believer(ctx, idx, Xf, q, sc, builder)
     # pending trials as fantasies, so that the shortlist is not crowded around them
     model = with_fantasies(ctx.fitted, ctx.pending) if len(ctx.pending) else ctx.fitted.model
-    mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk)
+    mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk, screen=s.pool_screen_float32)
     scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
     if ctx.cost is not None:
         screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")

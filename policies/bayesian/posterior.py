@@ -11,21 +11,24 @@ import gpytorch
 import torch
 from botorch.models import ModelListGP
 from botorch.models.model import Model
+from gpytorch.kernels import RBFKernel
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
 MAX_CHOLESKY = 4096  # fits and posteriors use Cholesky up to this many points (gpytorch: CG above 800)
+SCREEN_EXACT_BELOW = 1e-3  # screened rows whose variance is under this fraction of the prior's are redone in float64
 
 
 
-def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096, screen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and standard deviation of every output at each row of X (N x d): two N x m tensors.
 
     `fitted` is a BoTorch GP (SingleTaskGP, MixedSingleTaskGP, batched or not, or a ModelListGP of
     them) in eval mode, or anything with such a `.model`. Outcome transforms are undone.
+    screen: the variance's n x N product in float32 (see gp_marginals), for ranking a large pool.
     """
     model = getattr(fitted, "model", fitted)
     with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
-        parts = [gp_marginals_any(model, Xc) for Xc in X.split(chunk)]
+        parts = [gp_marginals_any(model, Xc, screen) for Xc in X.split(chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -56,25 +59,72 @@ def factorize(model: Model) -> None:
             gp_factor(gp)
 
 
-def gp_marginals_any(model: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def is_plain_rbf(kernel) -> bool:
+    """BoTorch's default kernel: an RBF over every input, no output scale."""
+    return type(kernel) is RBFKernel and kernel.active_dims is None
+
+
+def rbf(A: torch.Tensor, B: torch.Tensor, lengthscale: torch.Tensor) -> torch.Tensor:
+    """K(A, B) of an RBF kernel, (b) x N x M, written out: gpytorch's lazy kernel tensors cost ~0.3 ms
+    a call at small sizes, and in place (no gradient needed) this is ~25% cheaper at 4096 x 200."""
+    a, b = A / lengthscale, B / lengthscale
+    sq = (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return torch.exp(-0.5 * (sq - 2.0 * a @ b.transpose(-1, -2)).clamp_min(0.0))
+    return sq.add_(a @ b.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0).mul_(-0.5).exp_()  # in place: 2.5x faster at 4096 x 200
+
+
+def inverse_factor32(gp: Model) -> torch.Tensor:
+    """L^-1 of gp_factor in float32, formed in the factor's own precision once per GP and cached."""
+    cached = getattr(gp, "_aec_inverse32", None)
+    if cached is None:
+        _, L, _ = gp_factor(gp)
+        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+        cached = torch.linalg.solve_triangular(L, eye, upper=False).to(torch.float32)
+        gp._aec_inverse32 = cached
+    return cached
+
+
+def gp_marginals_any(model: Model, X: torch.Tensor, screen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """gp_marginals of a GP or of every GP of a ModelListGP (outputs concatenated); differentiable in X."""
     gps = model.models if isinstance(model, ModelListGP) else [model]
-    parts = [gp_marginals(gp, X) for gp in gps]
+    parts = [gp_marginals(gp, X, screen) for gp in gps]
     return torch.cat([p[0] for p in parts], dim=-1), torch.cat([p[1] for p in parts], dim=-1)
 
 
-def gp_marginals(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (N x m, outcome transform undone) of one GP at X (N x d); differentiable in X."""
+def gp_marginals(gp: Model, X: torch.Tensor, screen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (N x m, outcome transform undone) of one GP at X (N x d); differentiable in X.
+
+    screen: the n x N product behind the variance (the whole cost at large N: 2.6 GFLOP for 65,536
+    rows at n = 200) runs in float32 against a cached float32 L^-1, about half the time on CPU.
+    Kernel and mean stay in float64. float32 leaves an absolute error of ~1e-6 of the prior
+    variance, so rows whose variance is below SCREEN_EXACT_BELOW of it (next to the data) are
+    recomputed in float64: every std is then within ~1e-3 of its exact value, relatively.
+    """
     train_X, L, alpha = gp_factor(gp)
     Xt = gp.transform_inputs(X)
     batched = train_X.dim() == 3
     if batched:
         Xt = Xt.unsqueeze(0).expand(train_X.shape[0], *Xt.shape)
-    Kxn = gp.covar_module(Xt, train_X).to_dense()  # (b) x N x n
-    kxx = gp.covar_module(Xt, diag=True)  # (b) x N
+    kernel = gp.covar_module
+    if is_plain_rbf(kernel):
+        Kxn = rbf(Xt, train_X, kernel.lengthscale)  # (b) x N x n
+        kxx = torch.ones(Xt.shape[:-1], dtype=Xt.dtype, device=Xt.device)
+    else:
+        Kxn = kernel(Xt, train_X).to_dense()
+        kxx = kernel(Xt, diag=True)  # (b) x N
     mean = gp.mean_module(Xt) + (Kxn @ alpha).squeeze(-1)
-    V = torch.linalg.solve_triangular(L, Kxn.transpose(-1, -2), upper=False)
-    var = (kxx - (V * V).sum(-2)).clamp_min(1e-12)
+    if screen and L.dtype == torch.float64:
+        V = Kxn.to(torch.float32) @ inverse_factor32(gp).transpose(-1, -2)  # (b) x N x n
+        var = kxx - (V * V).sum(-1).to(kxx.dtype)
+        close = (var < SCREEN_EXACT_BELOW * kxx).reshape(-1, var.shape[-1]).any(0)  # float32 cancels here
+        if bool(close.any()):
+            Vc = torch.linalg.solve_triangular(L, Kxn[..., close, :].transpose(-1, -2), upper=False)
+            var[..., close] = kxx[..., close] - (Vc * Vc).sum(-2)
+        var = var.clamp_min(1e-12)
+    else:
+        V = torch.linalg.solve_triangular(L, Kxn.transpose(-1, -2), upper=False)
+        var = (kxx - (V * V).sum(-2)).clamp_min(1e-12)
     mean = mean.transpose(-1, -2) if batched else mean.unsqueeze(-1)  # N x m
     var = var.transpose(-1, -2) if batched else var.unsqueeze(-1)
     tf = getattr(gp, "outcome_transform", None)

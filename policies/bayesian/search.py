@@ -53,6 +53,7 @@ class SearchSettings:
     batch_mode: str = "sequential"
     pool_chunk: int = 4096
     pool_shortlist: int = 256
+    pool_screen_float32: bool = True
     ts_candidates: int = 1024
     beta: float = 2.0
 
