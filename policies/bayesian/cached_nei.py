@@ -25,7 +25,7 @@ from gpytorch.means import ConstantMean
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from policies.bayesian.posterior import gp_factor, is_plain_rbf, rbf
+from policies.bayesian.posterior import gp_factor, is_plain_rbf, rbf, rbf_of_scaled
 
 __all__ = ["CachedLogNEI", "supports_cached_nei"]
 
@@ -116,11 +116,6 @@ class CachedLogNEI(AcquisitionFunction):
         return mu + self._W @ c + self._z.unsqueeze(-1) * resid  # S x b
 
 
-def _rbf_scaled(scaled_A: Tensor, scaled_x: Tensor) -> Tensor:
-    sq = (scaled_A * scaled_A).sum(-1).unsqueeze(-1) + (scaled_x * scaled_x).sum(-1) - 2.0 * scaled_A @ scaled_x.T
-    return torch.exp(-0.5 * sq.clamp_min(0.0))
-
-
 class _CandidateDraws(torch.autograd.Function):
     """CachedLogNEI._draws for the plain RBF kernel and a constant mean, with the backward pass in
     closed form: autograd's graph over these ~15 small operations cost as much as evaluating them."""
@@ -128,7 +123,7 @@ class _CandidateDraws(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Xt: Tensor, acq: CachedLogNEI) -> Tensor:
         a = Xt / acq._ls
-        K_t, K_B = _rbf_scaled(acq._scaled_train, a), _rbf_scaled(acq._scaled_B, a)  # n x b, k' x b
+        K_t, K_B = rbf_of_scaled(acq._scaled_train, a), rbf_of_scaled(acq._scaled_B, a)  # n x b, k' x b
         mu = acq._constant + (K_t.T @ acq._alpha).squeeze(-1)
         V = torch.linalg.solve_triangular(acq._L, K_t, upper=False)
         c = torch.linalg.solve_triangular(acq._L_B, K_B - acq._V_B.T @ V, upper=False)
