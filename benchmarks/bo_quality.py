@@ -59,7 +59,8 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-metrichv": ("botorch", lambda d: {"standardize_objectives": False}),  # hypervolume in metric units, the default before 2026-12-01
     "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
     "botorch-init5": ("botorch", lambda d: {"initial": 5}),  # Ax's initial design size (centre + 4 Sobol)
-    "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
+    "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre (the multi-objective default since 2026-12-01 11:00)
+    "botorch-r12": ("botorch", lambda d: {"num_restarts": 12, "raw_samples": 512}),  # the multi-objective search effort before that
     "botorch-tight": ("botorch", lambda d: {"maxiter": 200, "acq_ftol": None}),  # restarts run to scipy's tolerance, as Ax's
 }
 

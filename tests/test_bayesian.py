@@ -287,6 +287,14 @@ def two_objectives(x: np.ndarray) -> dict[str, float]:
     return {"f0": float(x[0] ** 2 + x[1] ** 2), "f1": float((x[0] - 1) ** 2 + x[1] ** 2)}
 
 
+def test_search_effort_defaults_depend_on_the_number_of_objectives():
+    single = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("y")], seed=0), BotorchPolicy.Options())
+    multi = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("f0"), Objective("f1")], seed=0), BotorchPolicy.Options())
+    mine = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("f0"), Objective("f1")], seed=0), BotorchPolicy.Options(num_restarts=3))
+    assert (single.search_settings.num_restarts, single.search_settings.raw_samples) == (12, 512)
+    assert (multi.search_settings.num_restarts, multi.search_settings.raw_samples) == (20, 1024)
+    assert (mine.search_settings.num_restarts, mine.search_settings.raw_samples) == (3, 1024)
+
 def test_multi_objective_reports_an_inferred_reference_point():
     H = history(np.random.default_rng(10).random((10, 2)), two_objectives)
     pol = policy(cube(2), objectives=[Objective("f0"), Objective("f1")])
