@@ -3,11 +3,13 @@
 BoTorch's qLogNoisyExpectedImprovement draws joint posterior samples of the observed (baseline)
 points and the candidate, takes the best baseline sample as the incumbent of each draw, and
 averages the smoothed log improvement. It builds gpytorch's posterior over the baseline plus
-the candidate at every evaluation (3.5-10 ms per 12-point batch here), which made the acquisition
-search the larger half of a proposal. This module computes the same quantity for q = 1 from
+the candidate at every evaluation (1.9 ms for a forward and backward pass over 12 points on a
+quiet machine, 8-10 ms with the other core busy), which made the acquisition search the larger
+half of a proposal. This module computes the same quantity for q = 1 from
 the factor cached on the GP (posterior.py): the baseline draws are fixed once, and a candidate's
 draw is its exact Gaussian conditional given them, so an evaluation is a few small matrix
-products (values equal BoTorch's to Monte-Carlo error; tests/test_cached_nei.py). The smooth
+products (0.52 ms forward and backward, the backward in closed form for the RBF kernel; values
+equal BoTorch's to Monte-Carlo error; tests/test_cached_nei.py). The smooth
 log-improvement and the mean over draws are BoTorch's own (TAU_RELU, logmeanexp); its smooth max over
 the q points (fatmax) is the identity at q = 1.
 """

@@ -210,7 +210,7 @@ def _raise_noise_floor(model: Model, floor: float) -> None:
 def _optimise(model: Model, maxiter: int, warm: bool = False) -> None:
     """Maximise the marginal likelihood (L-BFGS-B); a warm start stops at a looser tolerance.
 
-    BoTorch's default GPs go through mll_fit (the same objective, 2-3x less time per fit);
+    BoTorch's default GPs go through mll_fit (the same objective, 0.2-0.3x the time per fit);
     anything else through `fit_gpytorch_mll`.
     """
     options: dict[str, Any] = {"maxiter": maxiter}
