@@ -496,6 +496,36 @@ def test_float32_pool_screen_keeps_the_ranking_and_the_pick():
     picks = [[p.pool_index for p in policy(cube(4, pool=pool), pool_screen_float32=f).propose(H, 3, [])] for f in (True, False)]
     assert picks[0] == picks[1]
 
+
+@pytest.mark.parametrize("name,objectives", [("qlognei", 1), ("ucb", 1), ("qlognehvi", 2)])
+def test_pruned_pool_screen_finds_the_same_shortlist_as_scoring_every_row(name, objectives):
+    from policies.bayesian.acquisition import Outcomes, screen_scores
+    from policies.bayesian.pool_search import _pruned_screen, screen_context
+    from policies.bayesian.search import SearchContext, SearchSettings
+
+    rng = np.random.default_rng(24)
+    X = rng.random((80, 4))
+    Y = np.stack([np.sin(5 * X).sum(1), ((X - 0.3) ** 2).sum(1)], axis=1)[:, :objectives]
+    metrics = ["f0", "f1"][:objectives]
+    fitted = fit_model(TrainingData(X, Y, None, metrics), np.array([0]), ModelSettings())
+    problem = Problem(space=cube(4), objectives=[Objective(m) for m in metrics], seed=0)
+    outcomes = Outcomes.from_problem(problem)
+    ref = torch.as_tensor(-Y.max(0) - 0.1) if objectives > 1 else None  # minimised objectives, larger-is-better ref
+    ctx = SearchContext(fitted=fitted, outcomes=outcomes, space=cube(4), settings=SearchSettings(),
+                        pending=np.zeros((0, 4)), ref_point=ref)
+    sc = screen_context(ctx)
+    P = torch.rand(30000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mean, std = marginal_posterior(fitted, P)
+    _, std_bound = marginal_posterior(fitted, P, bound=True)
+    assert bool((std_bound >= std - 1e-12).all()) and float((std_bound - std).max()) > 1e-3
+    full = screen_scores(name, mean, std, outcomes, **sc)
+    pruned = _pruned_screen(name, fitted.model, P, ctx, sc, 256)
+    assert set(torch.topk(pruned, 256).indices.tolist()) == set(torch.topk(full, 256).indices.tolist())
+    scored = torch.isfinite(pruned)
+    torch.testing.assert_close(pruned[scored], full[scored])
+    if objectives == 1:  # (the optimistic hypervolume bound is looser; on this toy front every row can reach)
+        assert int(scored.sum()) < len(P) // 4  # most rows were never scored exactly
+
 def test_analytic_logei_matches_botorch_and_has_gradients():
     from botorch.acquisition.analytic import LogExpectedImprovement
 

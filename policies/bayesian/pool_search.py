@@ -57,17 +57,48 @@ def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContex
         return _pool_greedy_believer(ctx, idx, Xf, q, sc, builder)
     # pending trials as fantasies, so that the shortlist is not crowded around them
     model = with_fantasies(ctx.fitted, ctx.pending) if len(ctx.pending) else ctx.fitted.model
-    mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk, screen=s.pool_screen_float32)
-    scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
+    k = min(len(idx), max(s.ts_candidates if name == "ts" else s.pool_shortlist, 4 * q))
+    if ctx.cost is None and not ctx.outcomes.constraints:
+        scores = _pruned_screen(name, model, Xf, ctx, sc, k)
+    else:
+        mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk, screen=s.pool_screen_float32)
+        scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
     if ctx.cost is not None:
         screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")
         ref = float(sc["best"][0]) if screen_scale == "raw" else 0.0
         scores = per_cost(scores, scores.new_tensor(ctx.cost.seconds(ctx.start, pool[idx])), screen_scale, ref)
-    k = min(len(idx), max(s.ts_candidates if name == "ts" else s.pool_shortlist, 4 * q))
     top = torch.topk(scores, k).indices.cpu().numpy()
     if name == "ts":
         return thompson_picks(ctx, pool[idx[top]], idx[top], q, builder)
     return _pool_greedy_mc(ctx, builder, idx[top], q)
+
+
+def _pruned_screen(name: str, model, Xf: torch.Tensor, ctx: SearchContext, sc: dict, k: int) -> torch.Tensor:
+    """Screen scores of every row, exact for the rows that can reach the best k and -inf for the rest.
+
+    Every screen score grows with the objectives' std, so the score at the std's cheap upper
+    bound (marginal_posterior(bound=True)) bounds it. Rows are scored exactly in the order of
+    their bounds, in doubling blocks, until no unscored row's bound reaches the k-th best exact
+    score: the same top k as scoring everything. On Hartmann6 pools of 65,536 rows, 1-2% of
+    the rows could reach the best 256 at 50-1,000 observations. Without constraints: log
+    P(feasible) is not monotone in the std.
+    """
+    s = ctx.settings
+    mean, std_bound = marginal_posterior(model, Xf, chunk=s.pool_chunk, bound=True)
+    bound = screen_scores(name, mean, std_bound, ctx.outcomes, **sc)
+    order = torch.argsort(bound, descending=True)
+    scores = torch.full_like(bound, -float("inf"))
+    done, block = 0, max(4 * k, 1024)
+    while done < len(order):
+        rows = order[done : done + block]
+        m, sd = marginal_posterior(model, Xf[rows], chunk=s.pool_chunk)
+        scores[rows] = screen_scores(name, m, sd, ctx.outcomes, **sc)
+        done, block = done + len(rows), 2 * block
+        if done < len(order):
+            kth = float(torch.topk(scores, k).values[-1])
+            if float(bound[order[done]]) < kth - 1e-9 * (1.0 + abs(kth)):
+                break
+    return scores
 
 
 def _pool_greedy_mc(ctx: SearchContext, builder: AcquisitionBuilder, rows: np.ndarray, q: int) -> list[Pick]:
