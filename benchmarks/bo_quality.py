@@ -59,8 +59,10 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-metrichv": ("botorch", lambda d: {"standardize_objectives": False}),  # hypervolume in metric units, the default before 2026-12-01
     "botorch-cold": ("botorch", lambda d: {"warm_start": False}),  # every fit from BoTorch's defaults, as Ax's
     "botorch-init5": ("botorch", lambda d: {"initial": 5}),  # Ax's initial design size (centre + 4 Sobol)
-    "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre (the multi-objective default since 2026-12-01 11:00)
-    "botorch-r12": ("botorch", lambda d: {"num_restarts": 12, "raw_samples": 512}),  # the multi-objective search effort before that
+    "botorch-r20c": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024}),  # Ax's search effort, with the centre
+    # the multi-objective search effort until 2026-12-01 10:45, then until 11:20 (now Ax's: 20, 1024, 200, scipy's tolerance)
+    "botorch-r12": ("botorch", lambda d: {"num_restarts": 12, "raw_samples": 512, "maxiter": 100, "acq_ftol": 1e-6}),
+    "botorch-r20loose": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "maxiter": 100, "acq_ftol": 1e-6}),
     "botorch-tight": ("botorch", lambda d: {"maxiter": 200, "acq_ftol": None}),  # restarts run to scipy's tolerance, as Ax's
 }
 

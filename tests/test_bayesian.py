@@ -291,9 +291,10 @@ def test_search_effort_defaults_depend_on_the_number_of_objectives():
     single = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("y")], seed=0), BotorchPolicy.Options())
     multi = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("f0"), Objective("f1")], seed=0), BotorchPolicy.Options())
     mine = BotorchPolicy(Problem(space=cube(2), objectives=[Objective("f0"), Objective("f1")], seed=0), BotorchPolicy.Options(num_restarts=3))
-    assert (single.search_settings.num_restarts, single.search_settings.raw_samples) == (12, 512)
-    assert (multi.search_settings.num_restarts, multi.search_settings.raw_samples) == (20, 1024)
-    assert (mine.search_settings.num_restarts, mine.search_settings.raw_samples) == (3, 1024)
+    effort = lambda p: (p.search_settings.num_restarts, p.search_settings.raw_samples, p.search_settings.maxiter, p.search_settings.ftol)
+    assert effort(single) == (12, 512, 100, 1e-6)
+    assert effort(multi) == (20, 1024, 200, None)  # Ax's: scipy's own tolerance
+    assert effort(mine) == (3, 1024, 200, None)
 
 def test_multi_objective_reports_an_inferred_reference_point():
     H = history(np.random.default_rng(10).random((10, 2)), two_objectives)

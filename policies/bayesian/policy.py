@@ -48,9 +48,11 @@ logger = logging.getLogger(__name__)
 MAX_FAILED_AVOIDED = 32
 # Fits on fewer points than this start from BoTorch's defaults when one metric is modelled.
 WARM_START_AFTER = 30
-# Acquisition search effort: hypervolume acquisitions get Ax's (more local optima, fewer proposals per second matter).
-SINGLE_RESTARTS, SINGLE_RAW_SAMPLES = 12, 512
-MULTI_RESTARTS, MULTI_RAW_SAMPLES = 20, 1024
+# Acquisition search effort. With several objectives, Ax's (restarts, raw samples, iterations, scipy's
+# tolerance): there it measured at least as good (benchmarks/README.md), and building qLogNEHVI
+# costs more than the search. With one objective, less, for proposals under 0.07 s.
+SINGLE_RESTARTS, SINGLE_RAW_SAMPLES, SINGLE_MAXITER = 12, 512, 100
+MULTI_RESTARTS, MULTI_RAW_SAMPLES, MULTI_MAXITER = 20, 1024, 200
 
 
 class BotorchOptions(BaseModel):
@@ -80,9 +82,10 @@ class BotorchOptions(BaseModel):
     raw_samples: int | None = Field(
         None, ge=8, description="points scored to pick the restarts' starting points (default 512; 1,024 with several objectives)",
     )
-    maxiter: int = Field(100, ge=1, description="optimiser iterations per restart")
-    acq_ftol: float | None = Field(
-        ACQ_FTOL, gt=0, description="relative change of the acquisition value at which a restart stops (None: scipy's 2.2e-9)"
+    maxiter: int | None = Field(None, ge=1, description="optimiser iterations per restart (default 100; 200 with several objectives)")
+    acq_ftol: float | Literal["auto"] | None = Field(
+        "auto", description="relative change of the acquisition value at which a restart stops (None: scipy's 2.2e-9; "
+        "auto: 1e-6 with one objective, scipy's with several, as Ax)",
     )
     fit_max: int = Field(256, ge=8, description="most points the hyperparameters are fitted on")
     condition_max: int = Field(512, ge=8, description="most points the posterior is conditioned on")
@@ -129,6 +132,15 @@ class BotorchOptions(BaseModel):
         description="torch and BLAS threads while proposing (None: leave them as they are). GP work at these sizes "
         "is per-call overhead; on a busy machine extra threads spin at barriers and run ~10x slower",
     )
+
+    @field_validator("acq_ftol", mode="before")
+    @classmethod
+    def _acq_ftol(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"acq_ftol must be a positive number, 'auto' or null, got {v!r}")
+        return float(v)
 
     @field_validator("device")
     @classmethod
@@ -201,7 +213,8 @@ class BotorchPolicy:
         self.search_settings = SearchSettings(
             num_restarts=opts.num_restarts or (MULTI_RESTARTS if self.outcomes.multi else SINGLE_RESTARTS),
             raw_samples=opts.raw_samples or (MULTI_RAW_SAMPLES if self.outcomes.multi else SINGLE_RAW_SAMPLES),
-            maxiter=opts.maxiter, ftol=opts.acq_ftol,
+            maxiter=opts.maxiter or (MULTI_MAXITER if self.outcomes.multi else SINGLE_MAXITER),
+            ftol=(None if self.outcomes.multi else ACQ_FTOL) if opts.acq_ftol == "auto" else opts.acq_ftol,
             batch_mode=opts.batch_mode, pool_chunk=opts.pool_chunk, pool_shortlist=opts.pool_shortlist,
             pool_screen_float32=opts.pool_screen_float32,
             ts_candidates=opts.ts_candidates, beta=opts.beta,
