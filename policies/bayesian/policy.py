@@ -114,7 +114,7 @@ class BotorchOptions(BaseModel):
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
-    pool_chunk: int = Field(4096, ge=64, description="pool rows scored per chunk")
+    pool_chunk: int | None = Field(None, ge=64, description="pool rows scored per chunk (default: a 2 MiB kernel matrix per chunk)")
     pool_shortlist: int = Field(256, ge=1, description="pool rows the MC acquisition re-scores after screening")
     pool_screen_float32: bool = Field(
         True, description="screen a float64 pool's variances with a float32 product (~15% less time per "

