@@ -77,7 +77,8 @@ class BotorchOptions(BaseModel):
     mc_samples: int = Field(128, ge=8, description="quasi-MC samples of MC acquisitions")
     num_restarts: int | None = Field(
         None, ge=1, description="acquisition optimiser restarts (default 12 with one objective; 20 with several, as "
-        "Ax: on VehicleSafety that was better on 13 of 20 seeds, Wilcoxon p = 0.03; benchmarks/README.md)",
+        "Ax: with Ax's other search settings, better on 14 of 20 VehicleSafety seeds, Wilcoxon p = 0.03; "
+        "benchmarks/README.md)",
     )
     raw_samples: int | None = Field(
         None, ge=8, description="points scored to pick the restarts' starting points (default 512; 1,024 with several objectives)",

@@ -3,9 +3,11 @@
 Every free row (not completed, failed or pending; feasible) is scored in chunks by a cheap
 analytic stand-in of the acquisition computed from exact marginal posteriors (LogEI, UCB,
 optimistic hypervolume improvement, each with log P(feasible)); the MC acquisition then picks a
-greedy batch among the best `pool_shortlist` rows, earlier picks becoming X_pending. Maximum
-variance re-scores the whole pool after each pick (with the pick as a fantasy); Thompson
-sampling draws jointly over the best `ts_candidates` rows by a wide UCB.
+greedy batch among the best `pool_shortlist` rows, earlier picks becoming X_pending. Without
+constraints or travel costs, only the rows whose upper bound can reach that shortlist are
+scored exactly (_pruned_screen). Maximum variance re-scores the whole pool after each pick (with
+the pick as a fantasy); Thompson sampling draws jointly over the best `ts_candidates` rows by a
+wide UCB.
 """
 from __future__ import annotations
 

@@ -128,9 +128,9 @@ def gp_marginals(gp: Model, X: torch.Tensor, screen: bool = False, bound: bool =
     mean = gp.mean_module(Xt) + (Kxn @ alpha).squeeze(-1)
     if bound:
         scale = (L * L).sum(-1).rsqrt().unsqueeze(-2)  # (b) x 1 x n: 1 / sqrt of the diagonal of L L^T
-        if torch.is_grad_enabled() and Kxn.requires_grad:
+        if (torch.is_grad_enabled() and Kxn.requires_grad) or not is_plain_rbf(kernel):
             var = (kxx - (Kxn * scale).amax(-1) ** 2).clamp_min(1e-12)
-        else:  # in place: a fresh 4096 x 200 temporary costs more than the product itself here
+        else:  # in place on rbf's own output: a fresh 4096 x 200 temporary cost more than the product
             var = (kxx - Kxn.mul_(scale).amax(-1) ** 2).clamp_min(1e-12)
     elif screen and L.dtype == torch.float64:
         V = Kxn.to(torch.float32) @ inverse_factor32(gp).transpose(-1, -2)  # (b) x N x n
