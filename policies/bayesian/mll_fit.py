@@ -115,28 +115,28 @@ def _lognormal_logpdf(x: torch.Tensor, loc: float, scale: float) -> torch.Tensor
     return -x.log() - math.log(scale) - 0.5 * math.log(2 * math.pi) - (x.log() - loc) ** 2 / (2 * scale**2)
 
 
+def _factor(parts: ExactGPParts, theta: torch.Tensor, sqdist: torch.Tensor):
+    """The noise-free kernel K_f (b x n x n), the Cholesky factor L of K_f + noise, z = L^-1 (y - c),
+    and the objective -(log marginal likelihood + log priors) / n (b)."""
+    d, n = parts.d, parts.X.shape[0]
+    ls = theta[:, :d]
+    Kf = torch.exp(-0.5 * torch.einsum("kij,bk->bij", sqdist, ls.pow(-2)))
+    noise = theta[:, d : d + 1].expand(-1, n) if parts.fixed_noise is None else parts.fixed_noise
+    L = psd_safe_cholesky(Kf + torch.diag_embed(noise))  # adds jitter on failure, as gpytorch's own fits do
+    z = torch.linalg.solve_triangular(L, (parts.y - theta[:, -1:]).unsqueeze(-1), upper=False)  # b x n x 1
+    log_lik = -0.5 * (z * z).sum((-1, -2)) - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1) - 0.5 * n * math.log(2 * math.pi)
+    log_prior = _lognormal_logpdf(ls, *parts.ls_prior).sum(-1)
+    if parts.noise_prior is not None:
+        log_prior = log_prior + _lognormal_logpdf(theta[:, d], *parts.noise_prior)
+    return Kf, L, z, -(log_lik + log_prior) / n
+
+
 def negative_mll(parts: ExactGPParts, theta: torch.Tensor, sqdist: torch.Tensor) -> torch.Tensor:
     """-(log marginal likelihood + log priors) / n per output, as ExactMarginalLogLikelihood: b.
 
     theta: b x p, each row [lengthscales (d), noise (when inferred), constant]; sqdist: d x n x n.
     """
-    d, n = parts.d, parts.X.shape[0]
-    ls = theta[:, :d]
-    constant = theta[:, -1]
-    K = torch.exp(-0.5 * torch.einsum("kij,bk->bij", sqdist, ls.pow(-2)))
-    if parts.fixed_noise is None:
-        noise = theta[:, d : d + 1].expand(-1, n)
-    else:
-        noise = parts.fixed_noise
-    K = K + torch.diag_embed(noise)
-    L = psd_safe_cholesky(K)  # adds jitter on failure, as gpytorch's own fits do
-    r = (parts.y - constant.unsqueeze(-1)).unsqueeze(-1)
-    z = torch.linalg.solve_triangular(L, r, upper=False).squeeze(-1)
-    log_lik = -0.5 * (z * z).sum(-1) - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1) - 0.5 * n * math.log(2 * math.pi)
-    log_prior = _lognormal_logpdf(ls, *parts.ls_prior).sum(-1)
-    if parts.noise_prior is not None:
-        log_prior = log_prior + _lognormal_logpdf(theta[:, d], *parts.noise_prior)
-    return -(log_lik + log_prior) / n
+    return _factor(parts, theta, sqdist)[-1]
 
 
 def _lognormal_nlogpdf_grad(x: torch.Tensor, loc: float, scale: float) -> torch.Tensor:
@@ -153,23 +153,15 @@ def negative_mll_and_grad(parts: ExactGPParts, theta: torch.Tensor, sqdist: torc
     """
     d, n = parts.d, parts.X.shape[0]
     ls = theta[:, :d]
-    constant = theta[:, -1]
-    Kf = torch.exp(-0.5 * torch.einsum("kij,bk->bij", sqdist, ls.pow(-2)))
-    noise = theta[:, d : d + 1].expand(-1, n) if parts.fixed_noise is None else parts.fixed_noise
-    L = psd_safe_cholesky(Kf + torch.diag_embed(noise))
-    r = (parts.y - constant.unsqueeze(-1)).unsqueeze(-1)
-    z = torch.linalg.solve_triangular(L, r, upper=False)
+    Kf, L, z, value = _factor(parts, theta, sqdist)
     a = torch.linalg.solve_triangular(L.transpose(-1, -2), z, upper=True)  # b x n x 1
-    log_lik = -0.5 * (z * z).sum((-1, -2)) - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1) - 0.5 * n * math.log(2 * math.pi)
-    log_prior = _lognormal_logpdf(ls, *parts.ls_prior).sum(-1)
     W = torch.cholesky_inverse(L) - a @ a.transpose(-1, -2)
     grads = [0.5 * torch.einsum("bij,kij->bk", W * Kf, sqdist) / ls.pow(3) + _lognormal_nlogpdf_grad(ls, *parts.ls_prior)]
     if parts.fixed_noise is None:
-        noise_var = theta[:, d]
-        log_prior = log_prior + _lognormal_logpdf(noise_var, *parts.noise_prior)
-        grads.append((0.5 * torch.diagonal(W, dim1=-2, dim2=-1).sum(-1) + _lognormal_nlogpdf_grad(noise_var, *parts.noise_prior)).unsqueeze(-1))
+        noise_grad = 0.5 * torch.diagonal(W, dim1=-2, dim2=-1).sum(-1) + _lognormal_nlogpdf_grad(theta[:, d], *parts.noise_prior)
+        grads.append(noise_grad.unsqueeze(-1))
     grads.append(-a.sum((-1, -2)).unsqueeze(-1))
-    return -(log_lik + log_prior) / n, torch.cat(grads, dim=-1) / n
+    return value, torch.cat(grads, dim=-1) / n
 
 
 def _read_theta(model, parts: ExactGPParts) -> np.ndarray:
