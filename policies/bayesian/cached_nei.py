@@ -27,7 +27,7 @@ from gpytorch.means import ConstantMean
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from policies.bayesian.posterior import gp_factor, is_plain_rbf, rbf, rbf_of_scaled
+from policies.bayesian.posterior import cross_kernel, gp_factor, is_plain_rbf, prior_variance, rbf_of_scaled
 
 __all__ = ["CachedLogNEI", "supports_cached_nei"]
 
@@ -51,13 +51,12 @@ class CachedLogNEI(AcquisitionFunction):
         super().__init__(model=model)
         self.sign = float(sign)
         kernel = model.covar_module
-        self._plain_rbf = is_plain_rbf(kernel)
-        self._closed_form = self._plain_rbf and type(model.mean_module) is ConstantMean
+        self._closed_form = is_plain_rbf(kernel) and type(model.mean_module) is ConstantMean
         with torch.no_grad():
             self._train_X, self._L, self._alpha = gp_factor(model)
             B = model.transform_inputs(X_baseline)
             mu_B, V_B = self._latent(B)
-            cov_BB = self._kernel(B, B) - V_B.transpose(-1, -2) @ V_B
+            cov_BB = cross_kernel(kernel, B, B) - V_B.transpose(-1, -2) @ V_B
             L_B = psd_safe_cholesky(cov_BB)
             base = draw_sobol_normal_samples(d=len(B) + 1, n=mc_samples, seed=seed).to(B)  # S x (k + 1)
             f_B = mu_B + base[:, :-1] @ L_B.transpose(-1, -2)  # S x k latent draws, standardised units
@@ -75,21 +74,9 @@ class CachedLogNEI(AcquisitionFunction):
                 self._ls, self._scaled_train, self._scaled_B = ls, self._train_X / ls, self._B / ls
                 self._constant = model.mean_module.constant.reshape(())
 
-    def _kernel(self, A: Tensor, B: Tensor) -> Tensor:
-        """K(A, B): written out for BoTorch's default RBF kernel (posterior.rbf), else through gpytorch."""
-        kernel = self.model.covar_module
-        if not self._plain_rbf:
-            return kernel(A, B).to_dense()
-        return rbf(A, B, kernel.lengthscale.reshape(-1))
-
-    def _prior_variance(self, Xt: Tensor) -> Tensor:
-        if self._plain_rbf:
-            return torch.ones(Xt.shape[:-1], dtype=Xt.dtype, device=Xt.device)
-        return self.model.covar_module(Xt, diag=True)
-
     def _latent(self, Xt: Tensor) -> tuple[Tensor, Tensor]:
         """Latent mean (N) and V = L^-1 K(train, Xt) (n x N) in standardised units at transformed inputs Xt."""
-        K = self._kernel(self._train_X, Xt)
+        K = cross_kernel(self.model.covar_module, self._train_X, Xt)
         mean = self.model.mean_module(Xt) + (K.transpose(-1, -2) @ self._alpha).squeeze(-1)
         return mean, torch.linalg.solve_triangular(self._L, K, upper=False)
 
@@ -111,8 +98,8 @@ class CachedLogNEI(AcquisitionFunction):
     def _draws(self, Xt: Tensor) -> Tensor:
         """The candidates' latent draws (S x b) given the fixed baseline draws, through autograd."""
         mu, V = self._latent(Xt)
-        var = self._prior_variance(Xt) - (V * V).sum(0)  # b
-        cross = self._kernel(self._B, Xt) - self._V_B.transpose(-1, -2) @ V  # k' x b
+        var = prior_variance(self.model.covar_module, Xt) - (V * V).sum(0)  # b
+        cross = cross_kernel(self.model.covar_module, self._B, Xt) - self._V_B.transpose(-1, -2) @ V  # k' x b
         c = torch.linalg.solve_triangular(self._L_B, cross, upper=False)  # k' x b
         resid = (var - (c * c).sum(0)).clamp_min(1e-12).sqrt()  # b
         return mu + self._W @ c + self._z.unsqueeze(-1) * resid  # S x b

@@ -82,6 +82,16 @@ def rbf_of_scaled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sq.add_(a @ b.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0).mul_(-0.5).exp_()
 
 
+def cross_kernel(kernel, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """K(A, B) as a dense tensor: `rbf` for BoTorch's default kernel, gpytorch for any other."""
+    return rbf(A, B, kernel.lengthscale) if is_plain_rbf(kernel) else kernel(A, B).to_dense()
+
+
+def prior_variance(kernel, X: torch.Tensor) -> torch.Tensor:
+    """k(x, x) at each row of X: 1 for BoTorch's default kernel (no output scale)."""
+    return torch.ones(X.shape[:-1], dtype=X.dtype, device=X.device) if is_plain_rbf(kernel) else kernel(X, diag=True)
+
+
 def inverse_factor32(gp: Model) -> torch.Tensor:
     """L^-1 of gp_factor in float32, formed in the factor's own precision once per GP and cached."""
     cached = getattr(gp, "_aec_inverse32", None)
@@ -119,12 +129,7 @@ def gp_marginals(gp: Model, X: torch.Tensor, screen: bool = False, bound: bool =
     if batched:
         Xt = Xt.unsqueeze(0).expand(train_X.shape[0], *Xt.shape)
     kernel = gp.covar_module
-    if is_plain_rbf(kernel):
-        Kxn = rbf(Xt, train_X, kernel.lengthscale)  # (b) x N x n
-        kxx = torch.ones(Xt.shape[:-1], dtype=Xt.dtype, device=Xt.device)
-    else:
-        Kxn = kernel(Xt, train_X).to_dense()
-        kxx = kernel(Xt, diag=True)  # (b) x N
+    Kxn, kxx = cross_kernel(kernel, Xt, train_X), prior_variance(kernel, Xt)  # (b) x N x n, (b) x N
     mean = gp.mean_module(Xt) + (Kxn @ alpha).squeeze(-1)
     if bound:
         scale = (L * L).sum(-1).rsqrt().unsqueeze(-2)  # (b) x 1 x n: 1 / sqrt of the diagonal of L L^T
