@@ -36,12 +36,61 @@ PROBLEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "branincurrin": ("branincurrin", {}),
     "dtlz2": ("dtlz2", {"dim": 6, "num_objectives": 2}),
     "vehiclesafety": ("vehiclesafety", {}),
+    # long multi-objective runs (150-250 evaluations), past every internal threshold of the policy
+    "dtlz2_8d": ("dtlz2", {"dim": 8, "num_objectives": 2}),
+    "carsideimpact": ("carsideimpact", {}),
+    "penicillin": ("penicillin", {}),
+    "zdt3": ("zdt3", {"dim": 6}),
+    # long single-objective runs
+    "hartmann6_noisy": ("hartmann6", {"noise_std": 0.1}),
 }
+DETECTOR = "detector"  # aec's own tracker study (DetectorStudy), not a BoTorch test function
+
+
+class DetectorStudy:
+    """aec's tracker design study as a benchmark problem: pT resolution at 10 GeV against material budget.
+
+    8-d and mixed (an integer layer count, four radii with three ordering constraints, sensor thickness,
+    pixel pitch, field), analytic fidelity; hypervolume up to (5 %, 2 % X0). Evaluated through
+    controller.space, as a campaign file with the simulator's own parameters would be.
+    """
+
+    multi_objective = True
+    max_hv = float("nan")
+    optimal_value = None
+    name = DETECTOR
+
+    def __init__(self, seed: int = 0):
+        from controller.space import Space
+        from simulators.detector import DetectorSimulator
+
+        self.sim = DetectorSimulator(max_layers=4, dtype="float64", seed=seed)
+        self.space = Space.from_config(None, REPO, self.sim)
+        self.encoded = self.space.encoded()
+        self.dim = self.encoded.dim
+        self.ref_point = [5.0, 2.0]
+
+    def metrics(self) -> list[str]:
+        return ["pt_resolution_10GeV", "material_budget"]
+
+    def objectives(self) -> list[dict[str, Any]]:
+        return [{"metric": m, "goal": "minimize", "threshold": r} for m, r in zip(self.metrics(), self.ref_point)]
+
+    def evaluate_unit(self, X: np.ndarray) -> np.ndarray:
+        """Metrics (n x 2) of unit-cube rows of X."""
+        P = [self.space.decode(x) for x in np.atleast_2d(X)]
+        params = {k: torch.tensor([float(p[k]) for p in P], dtype=torch.float64) for k in P[0]}
+        r = self.sim.evaluate(params)
+        return torch.stack([r.metrics[m] for m in self.metrics()], dim=-1).cpu().numpy()
 
 
 # ---------------------------------------------------------------- problems and the loop
 def make_problem(name: str, seed: int) -> tuple[TestFunctionSimulator, Problem]:
     """A simulator and the unit-cube Problem a policy sees for it."""
+    if name == DETECTOR:
+        study = DetectorStudy(seed)
+        objectives = [Objective(o["metric"], threshold=o["threshold"]) for o in study.objectives()]
+        return study, Problem(space=study.encoded, objectives=objectives, seed=seed)
     fn, opts = PROBLEMS[name]
     sim = TestFunctionSimulator(fn, seed=seed, **opts)
     d = sim.dim
@@ -62,7 +111,10 @@ def to_native(sim: TestFunctionSimulator, X: np.ndarray) -> torch.Tensor:
 
 def evaluate(sim: TestFunctionSimulator, X: np.ndarray) -> list[dict[str, float]]:
     """Metrics of each unit-cube row of X."""
-    f = sim.evaluate_tensor(to_native(sim, X)).cpu().numpy()
+    if hasattr(sim, "evaluate_unit"):
+        f = sim.evaluate_unit(X)
+    else:
+        f = sim.evaluate_tensor(to_native(sim, X)).cpu().numpy()
     names = sim.metrics()
     f = f.reshape(len(np.atleast_2d(X)), len(names))
     return [{n: float(v) for n, v in zip(names, row)} for row in f]
@@ -76,9 +128,16 @@ def history_from_points(sim: TestFunctionSimulator, X: np.ndarray, pool_index: I
     return h
 
 
-def build_policy(kind: str, problem: Problem, options: dict[str, Any] | None = None) -> Policy:
-    """Any registered policy kind, with its options as in a campaign file's policy section."""
-    return make_policy(kind, dict(options or {}), problem)
+def build_policy(kind: str, problem: Problem, options: dict[str, Any] | None = None, strict: bool = False) -> Policy:
+    """Any registered policy kind, with its options as in a campaign file's policy section.
+
+    Not strict by default: a benchmark counts fallbacks (`count_fallbacks`) rather than stopping at one."""
+    return make_policy(kind, dict(options or {}), problem, strict=strict)
+
+
+def count_fallbacks(proposals: Iterable[Proposal]) -> int:
+    """Proposals that a fallback made instead of the policy asked for."""
+    return sum(1 for p in proposals if p.reason.get("fallback"))
 
 
 def run_campaign(
@@ -87,9 +146,10 @@ def run_campaign(
     budget: int,
     q: int = 1,
     on_step: Callable[[History, list[Proposal], float], None] | None = None,
+    fallbacks: list[str] | None = None,
 ) -> tuple[History, list[float]]:
     """Run the closed loop for `budget` evaluations in batches of q; returns the history and the
-    seconds each `propose` call took."""
+    seconds each `propose` call took. Fallback reasons, one per proposal, go to `fallbacks`."""
     history = History()
     seconds: list[float] = []
     while len(history) < budget:
@@ -97,6 +157,8 @@ def run_campaign(
         t0 = time.perf_counter()
         proposals = policy.propose(history, n, [])
         seconds.append(time.perf_counter() - t0)
+        if fallbacks is not None:
+            fallbacks += [str(p.reason["fallback"]) for p in proposals if p.reason.get("fallback")]
         if not proposals:
             raise RuntimeError(f"{type(policy).__name__} proposed nothing at {len(history)} evaluations")
         X = np.vstack([p.x for p in proposals])
@@ -111,6 +173,8 @@ def run_campaign(
 def regret_trace(sim: TestFunctionSimulator, history: History) -> list[float]:
     """Simple regret (best value so far minus the optimum; minimisation) after each evaluation."""
     y = history.Y(sim.metrics())[:, 0]
+    if getattr(sim, "noise_std", 0.0) > 0:  # noisy observations: the true values of the points measured
+        y = sim.evaluate_tensor(to_native(sim, history.X(sim.dim)), noise=False).cpu().numpy().reshape(-1)
     return [float(v) for v in np.minimum.accumulate(y) - float(sim.optimal_value)]
 
 
@@ -127,8 +191,19 @@ def hypervolume(Y: np.ndarray, ref_point: list[float]) -> float:
 
 
 def hypervolume_trace(sim: TestFunctionSimulator, history: History) -> list[float]:
+    """Hypervolume after each evaluation; recomputed only when a point joins the front (4-d fronts are slow)."""
     Y = history.Y(sim.metrics())
-    return [hypervolume(Y[: i + 1], sim.ref_point) for i in range(len(Y))]
+    ref = np.asarray(sim.ref_point, dtype=float)
+    out: list[float] = []
+    hv = 0.0
+    for i in range(len(Y)):
+        y, earlier = Y[i], Y[:i]
+        inside = bool(np.all(y < ref))
+        dominated = bool(len(earlier) and np.any(np.all(earlier <= y, axis=1)))
+        if inside and not dominated:
+            hv = hypervolume(Y[: i + 1], sim.ref_point)
+        out.append(hv)
+    return out
 
 
 # ---------------------------------------------------------------- statistics and tables

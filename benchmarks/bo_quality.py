@@ -2,11 +2,17 @@
 
 Single objective: simple regret after 50 evaluations on Branin, Hartmann6 and Ackley (6-d).
 Multi-objective: hypervolume after 40 evaluations on BraninCurrin, DTLZ2 (d=6) and VehicleSafety.
+Long runs (--long): 150-250 evaluations, past every internal threshold of the BoTorch policy
+(64 baseline points, warm starts, the fit subset), on DTLZ2 (d=8), VehicleSafety, CarSideImpact
+(4 objectives), Penicillin (3 objectives), ZDT3 (a disconnected front) and aec's detector study;
+and for one objective Hartmann6, Ackley6 and Hartmann6 with noise. Each run counts the proposals
+that a fallback made (the target is 0) and the seconds per decision at n = 64, 150 and 250.
 Each (problem, policy, seed) is one run, appended to the --out JSON as soon as it finishes, so an
 interrupted benchmark resumes where it stopped. Prints median and IQR per (problem, policy), says
 whether aec's BoTorch policy is at least as good as Ax by the median, and draws the median curves.
 
     python benchmarks/bo_quality.py --seeds 5 --out benchmarks/out/bo_quality.json
+    python benchmarks/bo_quality.py --long --seeds 20 --out benchmarks/out/bo_quality_long.json
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from bo_common import (
     build_policy,
     environment,
     fmt,
+    count_fallbacks,
+    DETECTOR,
     hypervolume_trace,
     make_problem,
     parse_json_option,
@@ -39,6 +47,10 @@ from bo_common import (
 
 SINGLE = ["branin", "hartmann6", "ackley6"]
 MULTI = ["branincurrin", "dtlz2", "vehiclesafety"]
+LONG_SINGLE = ["hartmann6", "ackley6", "hartmann6_noisy"]
+LONG_MULTI = ["dtlz2_8d", "vehiclesafety", "carsideimpact", "penicillin", "zdt3", DETECTOR]
+SINGLE_ALL, MULTI_ALL = SINGLE + ["hartmann6_noisy"], MULTI + [p for p in LONG_MULTI if p not in MULTI]
+DECISION_AT = (64, 150, 250)  # history sizes at which seconds per decision are reported
 MODEL_PHASE_FROM = 14  # from this proposal on every policy compared uses a model (the largest initial design: 2d+2 at d=6)
 POLICIES = ["random", "sobol", "botorch", "ax"]
 AEC, AX = "botorch", "ax"
@@ -71,17 +83,21 @@ def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: 
     sim, prob = make_problem(problem, seed)
     record: dict[str, Any] = {"problem": problem, "policy": policy, "seed": seed, "budget": budget, "q": q}
     t0 = time.perf_counter()
+    fallbacks: list[str] = []
     try:
         kind, preset = VARIANTS.get(policy, (policy, lambda d: {}))
         record["options"] = {**preset(prob.space.dim), **(options.get(kind) or {})}
         pol = build_policy(kind, prob, record["options"])
-        history, seconds = run_campaign(pol, sim, budget, q)
+        history, seconds = run_campaign(pol, sim, budget, q, fallbacks=fallbacks)
     except Exception as exc:  # a broken policy must not stop the other runs
         record.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         return record
     multi = sim.multi_objective
     trace = hypervolume_trace(sim, history) if multi else regret_trace(sim, history)
     record.update(
+        fallbacks=len(fallbacks),
+        fallback_reasons=sorted(set(fallbacks))[:5],
+        decision_seconds={str(n): _seconds_near(seconds, n, q) for n in DECISION_AT if n < budget},
         measure="hypervolume" if multi else "regret",
         trace=trace,
         final=trace[-1],
@@ -92,10 +108,16 @@ def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: 
     return record
 
 
+def _seconds_near(seconds: list[float], n: int, q: int, half_window: int = 5) -> float | None:
+    """Median seconds of the proposals made with n - 5 .. n + 5 observations (q per proposal)."""
+    picked = [t for i, t in enumerate(seconds) if abs(i * q - n) <= half_window]
+    return float(np.median(picked)) if picked else None
+
+
 def report(results: ResultFile, problems: list[str], policies: list[str], plain: bool) -> dict[str, Any]:
     """Tables of median [IQR] per (problem, policy) and the aec-vs-Ax verdicts."""
     out: dict[str, Any] = {}
-    for measure, names, better in (("regret", SINGLE, "lower"), ("hypervolume", MULTI, "higher")):
+    for measure, names, better in (("regret", SINGLE_ALL, "lower"), ("hypervolume", MULTI_ALL, "higher")):
         rows = []
         for problem in [p for p in problems if p in names]:
             stats, finals = {}, {}
@@ -108,6 +130,13 @@ def report(results: ResultFile, problems: list[str], policies: list[str], plain:
                 model_phase = [t for r in runs for t in r["propose_seconds"][MODEL_PHASE_FROM:]]
                 s["propose_s"] = float(np.median(model_phase)) if model_phase else None
                 s["run_s"] = float(np.median([r["seconds"] for r in runs])) if runs else None
+                s["fallbacks"] = int(sum(r.get("fallbacks", 0) for r in runs))
+                s["decision_s"] = {
+                    str(n): float(np.median(v)) if v else None
+                    for n in DECISION_AT
+                    for v in [[r["decision_seconds"][str(n)] for r in runs
+                               if (r.get("decision_seconds") or {}).get(str(n)) is not None]]
+                }
                 stats[policy] = s
                 rows.append(
                     [
@@ -118,6 +147,8 @@ def report(results: ResultFile, problems: list[str], policies: list[str], plain:
                         f"[{fmt(s['q25'])}, {fmt(s['q75'])}]",
                         fmt(s["run_s"]),
                         fmt(s["propose_s"]),
+                        " / ".join(fmt(s["decision_s"][str(n)]) for n in DECISION_AT),
+                        str(s["fallbacks"]),
                     ]
                 )
             verdicts: dict[str, bool] = {}
@@ -133,7 +164,7 @@ def report(results: ResultFile, problems: list[str], policies: list[str], plain:
                     p_values[f"{mine} vs {theirs}"] = p = float(mannwhitneyu(xs, ys).pvalue) if len(seeds) > 1 else 1.0
                     rows.append([
                         problem, f"{mine} >= {theirs} ({better} is better)", str(len(seeds)),
-                        f"{'yes' if ok else 'no'}: {fmt(a)} vs {fmt(b)}", f"U-test p={p:.2g}", "", "",
+                        f"{'yes' if ok else 'no'}: {fmt(a)} vs {fmt(b)}", f"U-test p={p:.2g}", "", "", "", "",
                     ])
             out[problem] = {
                 "measure": measure,
@@ -145,7 +176,8 @@ def report(results: ResultFile, problems: list[str], policies: list[str], plain:
         if rows:
             print_table(
                 f"{'simple regret' if measure == 'regret' else 'hypervolume'} after the budget (median over seeds)",
-                ["problem", "policy", "seeds", "median", "IQR", "s/run", "s/propose (model phase)"],
+                ["problem", "policy", "seeds", "median", "IQR", "s/run", "s/propose (model phase)",
+                 "s/decision at n=" + "/".join(map(str, DECISION_AT)), "fallbacks"],
                 rows,
                 plain,
             )
@@ -197,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 per (problem, policy)")
     parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (split the seeds over processes)")
-    parser.add_argument("--problems", default=",".join(SINGLE + MULTI), help="comma-separated: " + ", ".join(SINGLE + MULTI))
+    parser.add_argument("--problems", default=None, help="comma-separated: " + ", ".join(SINGLE_ALL + MULTI_ALL)
+                        + " (default: the short set; with --long, the long set)")
+    parser.add_argument("--long", action="store_true", help="the long runs: --budget 200 and --budget-multi 150 unless "
+                        "given, on " + ", ".join(LONG_SINGLE + LONG_MULTI))
     parser.add_argument(
         "--policies", default=",".join(POLICIES), help=f"comma-separated policy kinds or variants ({', '.join(VARIANTS)})"
     )
-    parser.add_argument("--budget", type=int, default=50, help="evaluations for single-objective problems")
-    parser.add_argument("--budget-multi", type=int, default=40, help="evaluations for multi-objective problems")
+    parser.add_argument("--budget", type=int, default=None, help="evaluations for single-objective problems (50; --long 200)")
+    parser.add_argument("--budget-multi", type=int, default=None, help="evaluations for multi-objective problems (40; --long 150)")
     parser.add_argument("--q", type=int, default=1, help="batch size per propose")
     parser.add_argument("--botorch-options", help="JSON options for the botorch policy, e.g. '{\"initial\": 10}'")
     parser.add_argument("--ax-options", help="JSON options for the ax policy")
@@ -214,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING)
-    problems, policies = parse_list(args.problems), parse_list(args.policies)
-    unknown = [p for p in problems if p not in SINGLE + MULTI]
+    default_problems = LONG_SINGLE + LONG_MULTI if args.long else SINGLE + MULTI
+    problems, policies = parse_list(args.problems or ",".join(default_problems)), parse_list(args.policies)
+    args.budget = args.budget or (200 if args.long else 50)
+    args.budget_multi = args.budget_multi or (150 if args.long else 40)
+    unknown = [p for p in problems if p not in SINGLE_ALL + MULTI_ALL]
     if unknown:
-        parser.error(f"unknown problems {unknown}; choose from {SINGLE + MULTI}")
+        parser.error(f"unknown problems {unknown}; choose from {SINGLE_ALL + MULTI_ALL}")
     options = {"botorch": parse_json_option(args.botorch_options), "ax": parse_json_option(args.ax_options)}
     results = ResultFile(args.out, "bo_quality", meta={"environment": environment()})
 
@@ -225,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         # Seeds outermost, so that a partial run covers every (problem, policy) evenly.
         for seed in range(args.first_seed, args.seeds):
             for problem in problems:
-                budget = args.budget if problem in SINGLE else args.budget_multi
+                budget = args.budget if problem in SINGLE_ALL else args.budget_multi
                 for policy in policies:
                     key = {"problem": problem, "policy": policy, "seed": seed, "budget": budget, "q": args.q}
                     done = results.find(**key)
@@ -233,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     record = run_one(problem, policy, seed, budget, args.q, options)
                     results.add(record, replace_key=key)
-                    status = record.get("error") or f"{record['measure']} {fmt(record['final'])} in {record['seconds']:.0f} s"
+                    status = record.get("error") or (f"{record['measure']} {fmt(record['final'])} in {record['seconds']:.0f} s, "
+                                                     f"{record['fallbacks']} fallbacks")
                     print(f"seed {seed} {problem:>13} {policy:>8}: {status}", flush=True)
 
     results.reload()
@@ -244,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     written = plot(results, problems, policies, figure)
     if written:
         print(f"figure: {written}")
-    print(json.dumps({"benchmark": "bo_quality", "results": args.out, "summary": summary_out}, indent=1))
+    total_fallbacks = sum(r.get("fallbacks", 0) for r in results.runs if r["problem"] in problems and r["policy"] in policies)
+    print(f"fallbacks in all runs: {total_fallbacks}")
+    print(json.dumps({"benchmark": "bo_quality", "results": args.out, "fallbacks": total_fallbacks, "summary": summary_out}, indent=1))
     return 0
 
 

@@ -21,12 +21,12 @@ from controller.config import CampaignConfig, config_to_dict, parse_config
 from controller.errors import UserError
 from controller.executors import LocalExecutor, RayExecutor, Trial, TrialResult
 from controller.progress import LogReporter, Reporter
-from controller.results import best_trial, feasible
+from controller.results import FallbackTally, best_trial, feasible
 from controller.space import Space
 from controller.store import Store, TrialRecord
 from instruments.base import InstrumentError
 from instruments.registry import build_instrument
-from policies import KeepAll, Observation, Problem, Proposal, make_policy
+from policies import KeepAll, Observation, PolicyFallbackError, Problem, Proposal, make_policy, strict_mode
 from policies.base import DataSelector, History, Objective, OutcomeConstraint
 from policies.baselines import SobolPolicy
 
@@ -47,6 +47,7 @@ class CampaignSummary:
     pareto: list[dict[str, Any]] = field(default_factory=list)
     hypervolume: float | None = None
     figures: list[str] = field(default_factory=list)
+    fallbacks: dict[str, Any] = field(default_factory=lambda: {"count": 0, "reasons": []})
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,10 +124,12 @@ class Campaign:
             describer, space = self._describer, self.space
             move_cost = lambda a, b: describer.move_cost(space.decode(a), space.decode(b))  # noqa: E731
         self.problem = Problem(self.space.encoded(), self.objectives, self.constraints, move_cost, cfg.seed)
+        self.strict = strict_mode(cfg.policy.strict)
         try:
-            self.policy = make_policy(cfg.policy.kind, cfg.policy.options(), self.problem)
+            self.policy = make_policy(cfg.policy.kind, cfg.policy.options(), self.problem, strict=self.strict)
         except ValueError as exc:
             raise UserError(f"policy: {exc}") from None
+        self.fallbacks = FallbackTally({})
         self.selector: DataSelector = self._make_selector()
 
     def _make_selector(self) -> DataSelector:
@@ -224,6 +227,7 @@ class Campaign:
         pending: dict[int, Proposal] = {
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
+        self.fallbacks = FallbackTally.from_records(records)
         best = self.best_value()
         front = [r for r in records if r.status == "completed"]
         front_note = self._front_note(front, None)
@@ -259,6 +263,7 @@ class Campaign:
                             trial = self._journal_new_trial(prop)
                             pending[trial.id] = prop
                             executor.submit(trial)
+                            self._count_fallback(trial.id, prop)
                         if not new and in_flight == 0:
                             stopped = "no candidates left"
                             break
@@ -275,7 +280,7 @@ class Campaign:
                         front_note = self._front_note(front, rec)
                     elif outcome == "failed":
                         failed += 1
-                    self.reporter.update(completed, failed, best, front_note)
+                    self.reporter.update(completed, failed, best, front_note, fallbacks=self.fallbacks.count)
         finally:
             if executor is not None:
                 leftover = executor.running() + backlog
@@ -309,14 +314,29 @@ class Campaign:
         return ""
 
     def _propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
+        """The policy's proposals; if it raises, Sobol points marked as a fallback (or, strict, the error)."""
+        kind = self.config.policy.kind
         try:
             return self.policy.propose(history, n, pending)
+        except PolicyFallbackError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
-            log.exception("policy %s failed; using Sobol points for this step", self.config.policy.kind)
+            why = f"policy error: {type(exc).__name__}: {exc}"
+            if self.strict:
+                raise PolicyFallbackError(kind, why) from exc
+            log.exception("policy %s failed; using Sobol points for this step", kind)
             props = SobolPolicy(self.problem).propose(history, n, pending)
             for p in props:
-                p.reason["fallback"] = f"policy error: {type(exc).__name__}: {exc}"
+                p.reason["fallback"] = why
             return props
+
+    def _count_fallback(self, trial_id: int, prop: Proposal) -> None:
+        """Tally a proposal made by a fallback; the first of each reason is printed, whatever the verbosity."""
+        first = self.fallbacks.add(trial_id, prop.reason)
+        if first is not None:
+            log.warning("trial %d: policy %s fell back: %s", trial_id, self.config.policy.kind, first)
+            self.reporter.message(f"trial {trial_id}: policy {self.config.policy.kind} fell back: {first} "
+                                  "(counted as 'fallbacks' in the progress line and the summary)")
 
     def _journal_new_trial(self, prop: Proposal) -> Trial:
         if prop.pool_index is not None:
@@ -446,6 +466,7 @@ class Campaign:
             name=self.config.name, store=str(self.store.path),
             completed=sum(r.status == "completed" for r in records),
             failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
+            fallbacks=FallbackTally.from_records(records).to_json(),
         )
         if len(self.objectives) == 1:
             best = best_trial(records, self.objectives[0], self.constraints)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from controller.errors import UserError
+from policies.base import PolicyFallbackError
 
 EXIT_USER = 2
+EXIT_STRICT = 4  # a policy would have fallen back and strict mode forbids it
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER
+    except PolicyFallbackError as exc:
+        print(f"error: {exc}; the store keeps every trial so far (`aec resume` continues)", file=sys.stderr)
+        return EXIT_STRICT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -129,7 +134,15 @@ def _run(campaign, args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_json(), default=str))
     elif not args.quiet:
         _print_summary(summary, campaign)
+    _warn_fallbacks(summary.fallbacks, summary.completed + summary.failed, summary.store)
     return 0 if summary.stopped != "interrupted" else 130
+
+
+def _warn_fallbacks(fallbacks: dict[str, Any], trials: int, store: str) -> None:
+    """One line on stderr, whatever --quiet or --json say: a fallback changes what the campaign means."""
+    if fallbacks["count"]:
+        print(f"warning: {fallbacks['count']} proposal(s) of this campaign were made by a fallback, not the policy "
+              f"asked for ({len(fallbacks['reasons'])} reason(s)); `aec show {store}` lists them", file=sys.stderr)
 
 
 def _print_summary(summary, campaign) -> None:
@@ -145,10 +158,18 @@ def _print_summary(summary, campaign) -> None:
     if summary.pareto:
         hv = "n/a" if summary.hypervolume is None else f"{summary.hypervolume:.6g}"
         table.add_row("Pareto set", f"{len(summary.pareto)} trials, hypervolume {hv}")
+    _fallback_rows(table, summary.fallbacks)
     table.add_row("store", summary.store)
     for fig in summary.figures:
         table.add_row("figure", fig)
     console.print(table)
+
+
+def _fallback_rows(table, fallbacks: dict[str, Any]) -> None:
+    """Rows of a summary table: how many proposals fell back, and why (trial ids as ranges)."""
+    table.add_row("fallbacks", str(fallbacks["count"]) if fallbacks["count"] else "none")
+    for r in fallbacks["reasons"]:
+        table.add_row(f"  {r['count']} x", f"{r['reason']} (trials {r['trials']})")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -178,7 +199,7 @@ def _problem_of(store):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from controller.results import best_trial, pareto_summary
+    from controller.results import FallbackTally, best_trial, pareto_summary
 
     with _open_store(args.store) as store:
         records = store.trials()
@@ -187,7 +208,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         counts: dict[str, int] = {}
         for r in records:
             counts[r.status] = counts.get(r.status, 0) + 1
-        out: dict[str, Any] = {"name": name, "store": args.store, "trials": len(records), "status": counts}
+        out: dict[str, Any] = {"name": name, "store": args.store, "trials": len(records), "status": counts,
+                               "fallbacks": FallbackTally.from_records(records).to_json()}
         if len(objectives) == 1:
             best = best_trial(records, objectives[0], constraints)
             out["best"] = None if best is None else best.to_json()
@@ -230,6 +252,16 @@ def _print_show(out: dict[str, Any], records, objectives, limit: int) -> None:
         for r in out["pareto"]:
             pt.add_row(str(r["id"]), *[_short(r["metrics"].get(m)) for m in metrics])
         console.print(pt)
+    fb = out["fallbacks"]
+    if fb["count"]:
+        ft = Table(title=f"fallbacks: {fb['count']} proposal(s) not made by the policy asked for", show_header=True)
+        for col in ["count", "reason", "trials"]:
+            ft.add_column(col)
+        for r in fb["reasons"]:
+            ft.add_row(str(r["count"]), r["reason"], r["trials"])
+        console.print(ft)
+    else:
+        console.print("fallbacks: none")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -160,6 +160,10 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     kind: str = "sobol"
+    strict: bool | None = Field(
+        None, strict=True, description="raise instead of falling back (to Sobol points, a jittered model, the CPU); "
+        "default: $AEC_STRICT, else false",
+    )
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -12,9 +12,19 @@ log = logging.getLogger("aec")
 
 class Reporter(Protocol):
     def start(self, name: str, total: int | None, done: int) -> None: ...
-    def update(self, done: int, failed: int, best: float | None, note: str = "") -> None: ...
+    def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None: ...
     def message(self, text: str) -> None: ...
     def finish(self) -> None: ...
+
+
+def status_note(note: str, failed: int, fallbacks: int) -> str:
+    """The progress line's tail: the campaign's note, then failures and fallbacks when there are any."""
+    parts = [note] if note else []
+    if failed:
+        parts.append(f"{failed} failed")
+    if fallbacks:
+        parts.append(f"fallbacks: {fallbacks}")
+    return ", ".join(parts)
 
 
 class LogReporter:
@@ -31,15 +41,15 @@ class LogReporter:
         self._t0 = self._last = time.time()
         log.info("campaign %s: %d of %s trials done", name, done, total if total is not None else "?")
 
-    def update(self, done: int, failed: int, best: float | None, note: str = "") -> None:
+    def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None:
         now = time.time()
         if now - self._last < self.every and (self.total is None or done < self.total):
             return
         self._last = now
         rate = (done - self._done0) / max(now - self._t0, 1e-9)
         eta = (self.total - done) / rate if self.total and rate > 0 else None
-        log.info("%s: %d/%s done, %d failed, best %s, %.2f trials/s, ETA %s%s", self.name, done,
-                 self.total if self.total is not None else "?", failed, "-" if best is None else f"{best:.6g}",
+        log.info("%s: %d/%s done, %d failed, fallbacks: %d, best %s, %.2f trials/s, ETA %s%s", self.name, done,
+                 self.total if self.total is not None else "?", failed, fallbacks, "-" if best is None else f"{best:.6g}",
                  rate, "-" if eta is None else format_duration(eta), f", {note}" if note else "")
 
     def message(self, text: str) -> None:
@@ -72,11 +82,10 @@ class RichReporter:
         self._t0, self._done0 = time.time(), done
         self.task = self.progress.add_task(name, total=total, completed=done, best="-", rate="", note="")
 
-    def update(self, done: int, failed: int, best: float | None, note: str = "") -> None:
+    def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None:
         rate = (done - self._done0) / max(time.time() - self._t0, 1e-9)
-        fail = f" {failed} failed" if failed else ""
         self.progress.update(self.task, completed=done, best="-" if best is None else f"{best:.6g}",
-                             rate=f"{rate:.2f}/s", note=(note + fail).strip())
+                             rate=f"{rate:.2f}/s", note=status_note(note, failed, fallbacks))
 
     def message(self, text: str) -> None:
         self.progress.console.print(text)
@@ -87,6 +96,6 @@ class RichReporter:
 
 class SilentReporter:
     def start(self, name: str, total: int | None, done: int) -> None: ...
-    def update(self, done: int, failed: int, best: float | None, note: str = "") -> None: ...
+    def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None: ...
     def message(self, text: str) -> None: ...
     def finish(self) -> None: ...

@@ -53,3 +53,55 @@ def pareto_summary(records: Sequence[TrialRecord], objectives: Sequence[Objectiv
     hv = hypervolume(Y, maximize, ref)
     front = sorted((r for r, m in zip(ok, mask) if m), key=lambda r: r.metrics[objectives[0].metric])
     return ParetoSummary(front, float(hv), [float(v) for v in ref], bool(inferred))
+
+
+FALLBACK_REASON_CHARS = 240  # reasons are grouped on this prefix (exception texts can be long)
+
+
+@dataclass
+class FallbackTally:
+    """Proposals that a fallback made instead of the policy asked for, grouped by reason (in first-seen order)."""
+
+    trials: dict[str, list[int]]
+
+    @classmethod
+    def from_records(cls, records: Sequence[TrialRecord]) -> "FallbackTally":
+        tally = cls({})
+        for r in sorted(records, key=lambda r: r.id):
+            tally.add(r.id, r.reason)
+        return tally
+
+    def add(self, trial_id: int, reason: dict | None) -> str | None:
+        """Count one proposal; returns its fallback reason when this is the first proposal with it."""
+        why = (reason or {}).get("fallback")
+        if not why:
+            return None
+        key = str(why)[:FALLBACK_REASON_CHARS]
+        first = key not in self.trials
+        self.trials.setdefault(key, []).append(int(trial_id))
+        return key if first else None
+
+    @property
+    def count(self) -> int:
+        return sum(len(ids) for ids in self.trials.values())
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "reasons": [
+            {"reason": why, "count": len(ids), "trials": _id_ranges(ids)} for why, ids in self.trials.items()
+        ]}
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """Trial ids as compact ranges: [1, 2, 3, 7] -> '1-3, 7'."""
+    out: list[str] = []
+    start = prev = None
+    for i in sorted(set(ids)):
+        if prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = i
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+    return ", ".join(out)

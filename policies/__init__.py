@@ -22,8 +22,10 @@ from policies.base import (
     Observation,
     OutcomeConstraint,
     Policy,
+    PolicyFallbackError,
     Problem,
     Proposal,
+    strict_mode,
 )
 
 POLICY_KINDS: dict[str, str] = {
@@ -71,13 +73,15 @@ def _message(error: dict[str, Any]) -> str:
     return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
 
 
-def make_policy(kind: str, options: dict[str, Any], problem: Problem) -> Policy:
+def make_policy(kind: str, options: dict[str, Any], problem: Problem, *, strict: bool | None = None) -> Policy:
+    """A policy of `kind`; `strict` (None: $AEC_STRICT) goes to policies that can fall back internally."""
     cls = policy_class(kind)
-    return cls(problem, validate_options(kind, options))
+    extra = {"strict": strict} if getattr(cls, "has_fallbacks", False) else {}
+    return cls(problem, validate_options(kind, options), **extra)
 
 
 __all__ = [
     "DataSelector", "Decision", "EncodedSpace", "History", "KeepAll", "LinearConstraint",
-    "Objective", "Observation", "OutcomeConstraint", "Policy", "PolicyConfigError", "Problem",
-    "Proposal", "make_policy", "policy_class", "validate_options", "POLICY_KINDS",
+    "Objective", "Observation", "OutcomeConstraint", "Policy", "PolicyConfigError", "PolicyFallbackError",
+    "Problem", "Proposal", "make_policy", "strict_mode", "policy_class", "validate_options", "POLICY_KINDS",
 ]

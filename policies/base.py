@@ -5,10 +5,28 @@ in `History`, which the store rebuilds, so a restarted campaign proposes from th
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+STRICT_ENV = "AEC_STRICT"  # AEC_STRICT=1: every policy fallback raises (the test suite runs so)
+
+
+def strict_mode(explicit: bool | None = None) -> bool:
+    """Whether a fallback must raise: the campaign's `policy: {strict: ...}` when set, else $AEC_STRICT."""
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class PolicyFallbackError(RuntimeError):
+    """A policy would have fallen back (to Sobol points, a jittered model, the CPU) in strict mode."""
+
+    def __init__(self, policy: str, reason: str):
+        super().__init__(f"policy {policy} would have fallen back (strict mode): {reason}")
+        self.policy, self.reason = policy, reason
 
 
 @dataclass(frozen=True)
@@ -97,7 +115,11 @@ class Problem:
 
 @dataclass
 class Proposal:
-    """A point to measure (unit cube; plus its pool row for pools) and why it was chosen."""
+    """A point to measure (unit cube; plus its pool row for pools) and why it was chosen.
+
+    `reason["fallback"]` (a string) marks a proposal made by a fallback rather than the policy asked
+    for; the campaign counts these in the progress line, the summary and `aec show`.
+    """
 
     x: np.ndarray
     pool_index: int | None = None

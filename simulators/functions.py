@@ -14,16 +14,19 @@ from botorch.test_functions import (
     Ackley,
     Branin,
     BraninCurrin,
+    CarSideImpact,
     DTLZ2,
     Griewank,
     Hartmann,
     Levy,
+    Penicillin,
     Rastrigin,
     Rosenbrock,
     SixHumpCamel,
     StyblinskiTang,
     VehicleSafety,
     ZDT1,
+    ZDT3,
 )
 from botorch.test_functions.base import BaseTestProblem, MultiObjectiveTestProblem
 
@@ -44,7 +47,10 @@ TEST_FUNCTIONS: dict[str, tuple[type[BaseTestProblem], int | None, bool]] = {
     "branincurrin": (BraninCurrin, None, False),
     "dtlz2": (DTLZ2, 6, True),
     "zdt1": (ZDT1, 6, True),
+    "zdt3": (ZDT3, 6, True),  # a disconnected Pareto front (five pieces)
     "vehiclesafety": (VehicleSafety, None, False),
+    "carsideimpact": (CarSideImpact, None, False),  # 4 objectives, 7-d
+    "penicillin": (Penicillin, None, False),  # 3 objectives, 7-d (a fed-batch fermentation model)
 }
 
 

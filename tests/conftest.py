@@ -1,6 +1,7 @@
 """Shared fixtures: small campaign files and instrument modules written into a temporary folder."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -48,6 +49,11 @@ INSTRUMENTS = textwrap.dedent('''
     def wrong_metric(p):
         return {"z": 1.0}
 ''')
+
+
+# Strict: a policy that would fall back (to Sobol points, a jittered model, the CPU) raises, so an
+# exception inside a policy fails its test instead of passing as Sobol. Subprocesses inherit it.
+os.environ["AEC_STRICT"] = "1"
 
 
 def campaign_dict(name: str = "t", target: str = "fns:branin", trials: int = 8, **extra) -> dict:

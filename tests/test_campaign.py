@@ -164,7 +164,7 @@ class _Notes(SilentReporter):
     def __init__(self):
         self.notes: list[str] = []
 
-    def update(self, done, failed, best, note=""):
+    def update(self, done, failed, best, note="", fallbacks=0):
         self.notes.append(note)
 
 

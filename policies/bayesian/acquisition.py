@@ -226,9 +226,9 @@ class AcquisitionBuilder:
             mean, _ = train_marginals(fitted)
             self.reference = float(outcomes.objective_values(mean)[..., 0].max())
 
-    def build(self, X_pending: Tensor | None) -> AcquisitionFunction:
-        """The acquisition with `X_pending` (k x d) treated as running trials."""
-        if self.name == "qlognei" and self._cached_nei_applies():
+    def build(self, X_pending: Tensor | None, q: int = 1) -> AcquisitionFunction:
+        """The acquisition with `X_pending` (k x d) treated as running trials, for q points per t-batch."""
+        if self.name == "qlognei" and q == 1 and self._cached_nei_applies():
             # Pending points join the baseline, as in BoTorch's (incremental) qLogNEI.
             X_baseline = self.baseline() if X_pending is None else torch.cat([self.baseline(), X_pending])
             return CachedLogNEI(self.fitted.model, X_baseline, self.outcomes.signs[0], self.mc_samples, self.seed)
@@ -304,7 +304,7 @@ class AcquisitionBuilder:
         left = torch.ones(len(X), dtype=torch.bool, device=X.device)
         level = 0
         while left.any() and int((rank < len(X)).sum()) < k:
-            idx = torch.flatnonzero(left)
+            idx = left.nonzero().squeeze(-1)
             front = torch.as_tensor(pareto_mask(obj[idx].cpu().numpy(), [True] * obj.shape[1]), device=X.device)
             rank[idx[front]] = level
             left[idx[front]] = False

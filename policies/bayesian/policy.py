@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 from typing import Any, Iterator, Literal
 
@@ -25,7 +26,7 @@ from botorch.utils.sampling import manual_seed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from threadpoolctl import ThreadpoolController
 
-from policies.base import History, Problem, Proposal
+from policies.base import History, PolicyFallbackError, Problem, Proposal, strict_mode
 from policies.baselines import SobolPolicy
 from policies.bayesian.acquisition import AcquisitionBuilder, Outcomes
 from policies.bayesian.models import (
@@ -146,7 +147,7 @@ class BotorchOptions(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "auto" and not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
+        if v != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", v):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {v!r}")
         return v
 
@@ -172,6 +173,14 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _cuda_present(device: str) -> bool:
+    """Whether torch can place tensors on `device` ('cuda' or 'cuda:N')."""
+    if not torch.cuda.is_available():
+        return False
+    index = device.partition(":")[2]
+    return not index or int(index) < torch.cuda.device_count()
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_pools() -> ThreadpoolController:
     """The loaded thread pools, found once (threadpool_limits looks them up anew: ~1.4 ms a call).
@@ -184,9 +193,11 @@ class BotorchPolicy:
     """Bayesian optimisation with BoTorch: single or multi-objective, constrained, batch, pools, cost-aware."""
 
     Options = BotorchOptions
+    has_fallbacks = True  # make_policy passes the campaign's strict setting
 
-    def __init__(self, problem: Problem, options: BotorchOptions | None = None):
+    def __init__(self, problem: Problem, options: BotorchOptions | None = None, *, strict: bool | None = None):
         self.problem = problem
+        self.strict = strict_mode(strict)
         self.space = problem.space
         self.options = opts = options or BotorchOptions()
         self.outcomes = Outcomes.from_problem(problem)
@@ -203,8 +214,15 @@ class BotorchPolicy:
         d = self.space.dim
         self.initial = opts.initial if opts.initial is not None else max(d, 6)
         device = opts.device
+        self.device_fallback: str | None = None
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not _cuda_present(device):
+            self.device_fallback = f"device {device} asked for but not present (torch sees {torch.cuda.device_count()} CUDA devices); proposing on the CPU"
+            if self.strict:
+                raise PolicyFallbackError("botorch", self.device_fallback)
+            logger.warning("botorch policy: %s", self.device_fallback)
+            device = "cpu"
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
@@ -234,7 +252,10 @@ class BotorchPolicy:
     # -----------------------------------------------------------------------------------------
 
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
-        """n proposals (fewer when a pool runs out), avoiding pending trials; never raises on bad data."""
+        """n proposals (fewer when a pool runs out), avoiding pending trials.
+
+        Never raises on bad data unless strict: a failure becomes Sobol points whose
+        reason["fallback"] says why; in strict mode it raises PolicyFallbackError instead."""
         pending = list(pending or [])
         if n <= 0:
             return []
@@ -246,15 +267,29 @@ class BotorchPolicy:
         counts = np.isfinite(data.Y).sum(axis=0)
         if (counts < 2).any():
             short = [m for m, c in zip(data.metrics, counts) if c < 2]
-            return self._sobol_points(
-                history, n, pending, {"initial_design": False, "fallback": f"too few completed observations of {short} to fit a model"}
-            )
+            return self._fall_back(history, n, pending, f"too few completed observations of {short} to fit a model")
         try:
             with _threads(self.options.num_threads), manual_seed(seed):
-                return self._model_points(history, n, pending, data, seed)
+                out = self._model_points(history, n, pending, data, seed)
+        except PolicyFallbackError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a proposal must always come back; the reason says why
+            if self.strict:
+                raise PolicyFallbackError("botorch", f"{type(exc).__name__}: {exc}") from exc
             logger.warning("botorch policy fell back to Sobol points: %s: %s", type(exc).__name__, exc, exc_info=True)
-            return self._sobol_points(history, n, pending, {"initial_design": False, "fallback": f"{type(exc).__name__}: {exc}"})
+            return self._fall_back(history, n, pending, f"{type(exc).__name__}: {exc}", logged=True)
+        if self.device_fallback:
+            for p in out:
+                p.reason.setdefault("fallback", self.device_fallback)
+        return out
+
+    def _fall_back(self, history: History, n: int, pending: list[Proposal], why: str, logged: bool = False) -> list[Proposal]:
+        """Sobol points whose reason says why the model was not used; in strict mode, an error instead."""
+        if self.strict:
+            raise PolicyFallbackError("botorch", why)
+        if not logged:
+            logger.warning("botorch policy fell back to Sobol points: %s", why)
+        return self._sobol_points(history, n, pending, {"initial_design": False, "fallback": why})
 
     # -----------------------------------------------------------------------------------------
 
@@ -323,6 +358,9 @@ class BotorchPolicy:
         reason: dict[str, Any] = {"policy": "botorch", "acquisition": self.acquisition, "initial_design": False, "seed": seed}
         if fitted.jitter is not None:
             reason["fallback"] = f"model refitted with jitter {fitted.jitter:g} after: {fitted.fit_error}"
+            if self.strict:
+                raise PolicyFallbackError("botorch", reason["fallback"])
+            logger.warning("botorch policy: %s", reason["fallback"])
         reason["model"] = {
             "kind": type(fitted.model).__name__, "n_train": len(fitted.rows), "n_fit": fitted.n_fit,
             "refit": fitted.refit, "warm_start": fitted.warm_started, "winsorized": data.clipped,

@@ -236,7 +236,7 @@ def search_space(builder: AcquisitionBuilder | None, name: str, ctx: SearchConte
     if ctx.settings.batch_mode == "joint" and q > 1 and name in MC_ACQUISITIONS and ctx.cost is None:
         discrete, categorical, _ = _discrete_structure(ctx.space)
         if not discrete and not categorical:
-            acqf = builder.build(ctx.pending_with([]))
+            acqf = builder.build(ctx.pending_with([]), q=q)
             X, v = _optimise_once(acqf, ctx, q=q, seed=seed)
             snapped = ctx.space.snap(X[0].detach().cpu().numpy())
             if ctx.space.feasible(snapped).all():
