@@ -7,6 +7,7 @@ a trial in flight at a crash is measured again on resume with the next attempt n
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -69,42 +70,52 @@ class Campaign:
             self.store = _store
         self._stop = threading.Event()
         self._abandon = threading.Event()
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self.store.close()
+            raise
 
     # construction -------------------------------------------------------------------------
 
     def _create_store(self, path: Path) -> Store:
-        if path.exists() and path.stat().st_size > 0:
-            try:
-                with Store(path) as old:
-                    n = len(old.trials())
-            except UserError:
-                n = 0 if _is_empty_sqlite(path) else -1
-            if n:
-                raise UserError(
-                    f"{path} already holds a campaign ({max(n, 0)} trials); `aec resume {path}` continues it, "
-                    "or pass --store NEW.db for a new campaign"
-                )
-        return Store(path, create=True, meta={
-            "config": config_to_dict(self.config), "base_dir": str(self.config.base_dir),
-            "created": time.time(), "schema": 1,
-        })
+        """The new campaign's store, under the writer's lock before anything is checked or written."""
+        meta = {"config": config_to_dict(self.config), "base_dir": str(self.config.base_dir),
+                "created": time.time(), "schema": 1}
+        if not (path.exists() and path.stat().st_size > 0 and not _is_empty_sqlite(path)):
+            return Store(path, create=True, meta=meta)
+        store = Store(path, writer=True)
+        n = len(store.trials())
+        if n:
+            store.close()
+            raise UserError(
+                f"{path} already holds a campaign ({n} trials); `aec resume {path}` continues it, "
+                "or pass --store NEW.db for a new campaign"
+            )
+        for key, value in meta.items():  # a store left empty by a crash during creation: reuse it
+            store.set_meta(key, value)
+        return store
 
     @classmethod
     def resume(cls, store: str | Path, *, reporter: Reporter | None = None,
                trials: int | None = None) -> "Campaign":
         """Reopen a stopped or crashed campaign from its store alone."""
-        st = Store(store)
-        data = st.get_meta("config")
-        if data is None:
+        st = Store(store, writer=True)
+        try:
+            data = st.get_meta("config")
+            if data is None:
+                raise UserError(f"{store}: holds no campaign configuration")
+            if trials is not None:
+                data.setdefault("budget", {})["trials"] = trials
+            base_dir = Path(st.get_meta("base_dir", "."))
+            source = f"{store} (stored config{', --trials' if trials is not None else ''})"
+            config = parse_config(data, base_dir=base_dir, source=source)  # validated before anything is written
+            if trials is not None:
+                st.set_meta("config", data)
+            return cls(config, reporter=reporter, _store=st)
+        except BaseException:
             st.close()
-            raise UserError(f"{store}: holds no campaign configuration")
-        if trials is not None:
-            data.setdefault("budget", {})["trials"] = trials
-            st.set_meta("config", data)
-        base_dir = Path(st.get_meta("base_dir", "."))
-        config = parse_config(data, base_dir=base_dir, source=f"{store} (stored config)")
-        return cls(config, reporter=reporter, _store=st)
+            raise
 
     def _instrument_spec(self) -> dict[str, Any]:
         return self.config.instrument.model_dump(mode="json")
@@ -171,7 +182,7 @@ class Campaign:
     def history(self) -> History:
         """Completed and failed trials in the order they finished, as the policy sees them."""
         done = [r for r in self.store.trials() if r.status in ("completed", "failed")]
-        done.sort(key=lambda r: (r.finished_at or 0.0, r.id))
+        done.sort(key=lambda r: (r.finished_seq or 0, r.id))  # journal order, not the wall clock
         return History([self._observation(r) for r in done])
 
     @staticmethod
@@ -218,12 +229,18 @@ class Campaign:
         cfg, budget = self.config, self.config.budget
         total = budget.trials
         max_failures = budget.max_failures if budget.max_failures is not None else max(total or 100, 10)
+        self._elapsed_before = float(self.store.get_meta("elapsed", 0.0) or 0.0)
         records = self.store.trials()
         completed = sum(r.status == "completed" for r in records)
+        stopped = finishing = ""
+        if total is not None and completed >= total:
+            stopped = "budget reached"
+        executor = self._make_executor() if not stopped else None  # before any attempt is journaled
+        backlog = self._recover_in_flight(records) if executor is not None else []
+        records = self.store.trials()
         failed = sum(r.status == "failed" for r in records)
         history = self.history()
         self._restore_selector(records)
-        backlog = self._recover_in_flight(records)
         pending: dict[int, Proposal] = {
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
@@ -231,12 +248,9 @@ class Campaign:
         best = self.best_value()
         front = [r for r in records if r.status == "completed"]
         front_note = self._front_note(front, None)
-        stopped = finishing = ""
-        if total is not None and completed >= total:
-            stopped = "budget reached"
-        executor = self._make_executor() if not stopped else None
         old_handlers = self._install_signal_handlers()
         self.reporter.start(cfg.name, total, completed)
+        clean = False
         try:
             while not stopped:
                 if self._abandon.is_set():
@@ -253,7 +267,7 @@ class Campaign:
                         self._stop.set()
                         continue
                     while backlog and executor.free_slots():
-                        executor.submit(backlog.pop(0))
+                        self._submit(executor, backlog.pop(0))
                     room = executor.free_slots()
                     if total is not None:
                         room = min(room, total - completed - in_flight)
@@ -262,17 +276,15 @@ class Campaign:
                         for prop in new:
                             trial = self._journal_new_trial(prop)
                             pending[trial.id] = prop
-                            executor.submit(trial)
                             self._count_fallback(trial.id, prop)
+                            self._submit(executor, trial)
                         if not new and in_flight == 0:
                             stopped = "no candidates left"
                             break
                 for result in executor.completed(timeout=0.25):
                     outcome, rec = self._handle(result, history, pending)
                     if outcome == "retry":
-                        nxt = Trial(result.trial.id, result.trial.attempt + 1, result.trial.params)
-                        self.store.append(nxt.id, "started", nxt.attempt, {})
-                        backlog.append(nxt)
+                        backlog.append(Trial(result.trial.id, result.trial.attempt + 1, result.trial.params))
                         continue
                     if outcome == "completed":
                         completed += 1
@@ -280,13 +292,13 @@ class Campaign:
                         front_note = self._front_note(front, rec)
                     elif outcome == "failed":
                         failed += 1
+                    self._save_elapsed(t0)
                     self.reporter.update(completed, failed, best, front_note, fallbacks=self.fallbacks.count)
+            clean = True
         finally:
             if executor is not None:
-                leftover = executor.running() + backlog
-                for trial in leftover:
-                    self.store.append(trial.id, "abandoned", trial.attempt, {"reason": "campaign stopped"})
-                executor.shutdown(wait=not leftover)
+                self._wind_down(executor, history, pending, graceful=clean and not self._abandon.is_set())
+            self._save_elapsed(t0)
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
             close = getattr(self.selector, "close", None)
@@ -295,11 +307,42 @@ class Campaign:
             self.reporter.finish()
         return self.summary(stopped or "budget reached", time.time() - t0)
 
+    def _wind_down(self, executor, history: History, pending: dict[int, Proposal], graceful: bool) -> None:
+        """Stop the workers. Unless every trial has finished, abort the measurements still running (the
+        instrument's abort: process group, Ray task), journal results that had already arrived as usual,
+        and only then journal what was still running 'abandoned' (measured again on resume)."""
+        leftover = executor.running()
+        if leftover and not graceful:
+            abort_all = getattr(executor, "abort_all", None)
+            arrived = abort_all() if callable(abort_all) else []
+            for result in arrived:
+                try:
+                    self._handle(result, history, pending)
+                except Exception:  # noqa: BLE001 - a result that cannot be recorded now is measured again on resume
+                    log.exception("trial %d: its result arrived during the abort but could not be recorded", result.trial.id)
+            done = {r.trial.id for r in arrived}
+            for trial in executor.running():
+                if trial.id not in done:
+                    self.store.append(trial.id, "abandoned", trial.attempt, {"reason": "campaign stopped; measurement aborted"})
+        executor.shutdown(wait=not executor.running())
+
+    def _save_elapsed(self, t0: float) -> None:
+        """Campaign time so far, across resumes (budget.wall_time counts all of it)."""
+        try:
+            self.store.set_meta("elapsed", round(self._elapsed_before + time.time() - t0, 3))
+        except Exception:  # noqa: BLE001 - bookkeeping must not mask the error that ends a run
+            log.debug("could not record the elapsed time", exc_info=True)
+
+    def _submit(self, executor, trial: Trial) -> None:
+        """Journal the attempt 'started', then hand it to a worker: an attempt is spent only once submitted."""
+        self.store.append(trial.id, "started", trial.attempt, {})
+        executor.submit(trial)
+
     def _budget_exhausted(self, completed: int, failed: int, max_failures: int, t0: float, history: History) -> str:
         b = self.config.budget
         if b.trials is not None and completed >= b.trials:
             return "budget reached"
-        if b.wall_time is not None and time.time() - t0 >= b.wall_time:
+        if b.wall_time is not None and self._elapsed_before + time.time() - t0 >= b.wall_time:
             return "wall time reached"
         if failed >= max_failures:
             return f"{failed} trials failed (budget.max_failures={max_failures})"
@@ -346,13 +389,9 @@ class Campaign:
             params = self.space.decode(prop.x)
             x = self.space.encode(params)
         prop.x = np.asarray(x, dtype=float)
-        tid = self.store.next_trial_id()
-        self.store.append_many([
-            (tid, "proposed", 1, {"params": params, "x": prop.x.tolist(), "pool_index": prop.pool_index,
-                                  "reason": prop.reason}),
-            (tid, "started", 1, {}),
-        ])
-        return Trial(tid, 1, params)
+        rec = self.store.new_trial({"params": params, "x": prop.x.tolist(), "pool_index": prop.pool_index,
+                                    "reason": prop.reason})
+        return Trial(rec.id, 1, params)
 
     def _front_note(self, front: list[TrialRecord], rec: TrialRecord | None) -> str:
         """With several objectives: the Pareto set's size and hypervolume once `rec` joins `front`.
@@ -383,30 +422,41 @@ class Campaign:
     def _handle(self, result: TrialResult, history: History, pending: dict[int, Proposal]) -> tuple[str, TrialRecord | None]:
         trial, attempts = result.trial, self.config.executor.attempts
         error, retryable = result.error, result.retryable
-        decision = None
+        decision, metrics, dropped = None, {}, []
         if result.ok:
             m = result.measurement
-            scored_later = {"novelty"} if not isinstance(self.selector, KeepAll) else set()  # none before the first model
-            missing = [o.metric for o in self.objectives if o.metric not in m.metrics and o.metric not in scored_later]
-            if missing:
-                error = f"the instrument returned no {', '.join(map(repr, missing))} (it returned {sorted(m.metrics)})"
+            error, metrics, dropped = self._check_reading(m)
+            if error is not None:
                 retryable = False
             else:
                 try:
-                    decision = self.selector.decide(trial.id, m.data, m.metrics)
+                    decision = self.selector.decide(trial.id, m.data, metrics)
                 except Exception as exc:  # noqa: BLE001 - e.g. a data product of the wrong shape: this trial fails, not the campaign
                     error, retryable = f"data selection: {exc}", False
-        if error is not None:
-            final = not retryable or trial.attempt >= attempts or self._stop.is_set()
-            if not final:
-                self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": False})
-                return "retry", None
-            rec = self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": True})
-            pending.pop(trial.id, None)
-            history.append(self._observation(rec))
-            self.reporter.message(f"trial {trial.id} failed after {trial.attempt} attempt(s): {error}")
-            return "failed", rec
-        metrics = dict(m.metrics)
+        if error is None:
+            try:
+                rec = self._record(result, metrics, dropped, decision)
+            except Exception as exc:  # noqa: BLE001 - an unstorable result (object array, full disk) fails its trial only
+                log.exception("trial %d: the result could not be recorded", trial.id)
+                error, retryable = f"recording the result failed: {type(exc).__name__}: {exc}", False
+            else:
+                pending.pop(trial.id, None)
+                history.append(self._observation(rec))
+                return "completed", rec
+        final = not retryable or trial.attempt >= attempts or self._stop.is_set()
+        if not final:
+            self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": False})
+            return "retry", None
+        rec = self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": True})
+        pending.pop(trial.id, None)
+        history.append(self._observation(rec))
+        self.reporter.message(f"trial {trial.id} failed after {trial.attempt} attempt(s): {error}")
+        return "failed", rec
+
+    def _record(self, result: TrialResult, metrics: dict[str, float], dropped: list[str], decision) -> TrialRecord:
+        """Journal a completed measurement, its data product written first (atomically) when kept."""
+        m, trial = result.measurement, result.trial
+        metrics = dict(metrics)
         if decision.novelty is not None:
             metrics.setdefault("novelty", float(decision.novelty))
         data_path = self.store.write_data(trial.id, m.data) if (m.data is not None and decision.keep) else None
@@ -416,28 +466,75 @@ class Campaign:
             "decision": decision.reason or None, "novelty": decision.novelty, "pvalue": decision.pvalue,
             "data_path": data_path, "metadata": _jsonable(m.metadata),
         }
+        if dropped:
+            payload["dropped_metrics"] = dropped
         rec = self.store.append(trial.id, "completed", trial.attempt, payload)
         blob = getattr(self.selector, "state_bytes", lambda: None)()
         if blob:
             self.store.save_checkpoint("selector", blob)
-        pending.pop(trial.id, None)
-        history.append(self._observation(rec))
-        return "completed", rec
+        return rec
+
+    def _check_reading(self, m) -> tuple[str | None, dict[str, float], list[str]]:
+        """(why the reading is a failed measurement, or None; the metrics to record; the metrics dropped).
+
+        An objective or constraint metric that is not a finite number, or lies outside its `range`, fails
+        the measurement (it is never fed to a model); any other non-finite metric is dropped and named.
+        """
+        ranges: dict[str, tuple[float, float] | None] = {}
+        for entry in [*self.config.objectives, *self.config.constraints]:
+            if ranges.get(entry.metric) is None:
+                ranges[entry.metric] = entry.range
+        metrics: dict[str, float] = {}
+        dropped: list[str] = []
+        for name, value in m.metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                return f"metric {name!r} is {value!r}; expected a number", {}, []
+            v = float(value)
+            if not math.isfinite(v):
+                if name in ranges:
+                    return f"metric {name!r} is {v} (expected a finite number)", {}, []
+                dropped.append(name)
+                continue
+            bounds = ranges.get(name)
+            if bounds is not None and not bounds[0] <= v <= bounds[1]:
+                return f"metric {name!r} = {v:g} is outside its range [{bounds[0]:g}, {bounds[1]:g}]", {}, []
+            metrics[name] = v
+        for name, s in (m.sem or {}).items():
+            if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) or not math.isfinite(s) or s < 0:
+                return f"sem of {name!r} is {s!r}; expected a finite number >= 0", {}, []
+        scored_later = {"novelty"} if not isinstance(self.selector, KeepAll) else set()  # none before the first model
+        missing = [o.metric for o in self.objectives if o.metric not in metrics and o.metric not in scored_later]
+        if missing:
+            return f"the instrument returned no {', '.join(map(repr, missing))} (it returned {sorted(m.metrics)})", {}, []
+        return None, metrics, dropped
 
     def _recover_in_flight(self, records: list[TrialRecord]) -> list[Trial]:
-        """Trials a crash or stop left in flight, journaled for another attempt."""
+        """Trials that a crash or stop left in flight, to be measured again; journaled 'started' only when submitted.
+
+        A trial still 'started' means the controller died during it (a crash). One that has crashed the
+        controller and spent `executor.attempts` is journaled failed instead, so a poison trial (an
+        instrument that segfaults, a result that kills the process) cannot loop over resumes forever.
+        """
+        max_attempts = self.config.executor.attempts
+        crashes: dict[int, int] = {}
+        for _, tid, kind, _, _, payload in self.store.events():
+            if kind == "abandoned" and payload.get("crash"):
+                crashes[tid] = crashes.get(tid, 0) + 1
         backlog = []
         for r in records:
             if r.status not in IN_FLIGHT:
                 continue
-            if r.status == "proposed":
-                attempt = r.attempts
-            else:
-                if r.status == "started":
-                    self.store.append(r.id, "abandoned", r.attempts, {"reason": "interrupted; measured again on resume"})
-                attempt = r.attempts + 1
-            self.store.append(r.id, "started", attempt, {"resumed": True})
-            backlog.append(Trial(r.id, attempt, r.params))
+            spent = r.attempts - (1 if r.status == "proposed" else 0)
+            if r.status == "started":
+                self.store.append(r.id, "abandoned", r.attempts,
+                                  {"reason": "interrupted: the controller stopped during this attempt", "crash": True})
+                crashes[r.id] = crashes.get(r.id, 0) + 1
+            if crashes.get(r.id) and spent >= max_attempts:
+                why = f"crashed the controller {crashes[r.id]} time(s); {spent} of {max_attempts} attempts spent"
+                self.store.append(r.id, "failed", r.attempts, {"error": why, "final": True})
+                self.reporter.message(f"trial {r.id} failed: {why}")
+                continue
+            backlog.append(Trial(r.id, spent + 1, r.params))
         if backlog:
             self.reporter.message(f"resuming: {len(backlog)} trial(s) left in flight are measured again")
         return backlog

@@ -131,7 +131,7 @@ def _run(campaign, args: argparse.Namespace) -> int:
     finally:
         campaign.close()
     if args.json:
-        print(json.dumps(summary.to_json(), default=str))
+        print(_dumps(summary.to_json()))
     elif not args.quiet:
         _print_summary(summary, campaign)
     _warn_fallbacks(summary.fallbacks, summary.completed + summary.failed, summary.store)
@@ -219,7 +219,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             out["hypervolume"] = ps.hypervolume
             out["reference_point"] = ps.reference
     if args.json:
-        print(json.dumps(out, default=str))
+        print(_dumps(out))
         return 0
     if args.quiet:
         return 0
@@ -268,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _open_store(args.store) as store:
         rows = [r.to_json() for r in store.trials()]
     if args.format == "json":
-        text = json.dumps(rows, default=str)
+        text = _dumps(rows)
     else:
         text = _to_csv(rows)
     if args.out:
@@ -317,10 +317,17 @@ def cmd_triage(args: argparse.Namespace) -> int:
     summary = triage(Path(args.reference), Path(args.input), args.keep, Path(args.out), level=args.level,
                      seed=args.seed, progress=not (args.quiet or args.json), dataset=args.dataset)
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(_dumps(summary))
     elif not args.quiet:
         print(" ".join(f"{k}={_short(v)}" for k, v in summary.items()))
     return 0
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON (null, never NaN or Infinity), which jq and browsers accept."""
+    from controller.store import json_safe
+
+    return json.dumps(json_safe(value), default=str, allow_nan=False)
 
 
 def _console():

@@ -112,16 +112,41 @@ class SpaceConfig(Strict):
         return self
 
 
+def _metric_range(value: Any) -> tuple[float, float] | None:
+    """`range: [lo, hi]` of a metric: a reading outside it (or not finite) is a failed measurement."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v != v for v in value):
+        raise ValueError(f"range must be [low, high] with two numbers, got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not lo < hi:
+        raise ValueError(f"range must have low < high, got [{lo:g}, {hi:g}]")
+    return lo, hi
+
+
 class ObjectiveConfig(Strict):
     metric: str = Field(pattern=NAME)
     goal: Literal["minimize", "maximize"] = "minimize"
     threshold: float | None = None
+    range: tuple[float, float] | None = Field(None, description="readings outside [lo, hi] fail the trial")
+
+    @field_validator("range", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        return _metric_range(value)
 
 
 class OutcomeConstraintConfig(Strict):
     metric: str = Field(pattern=NAME)
     op: Literal["<=", ">="]
     bound: float
+    range: tuple[float, float] | None = Field(None, description="readings outside [lo, hi] fail the trial")
+
+    @field_validator("range", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        return _metric_range(value)
 
 
 class FunctionInstrumentConfig(Strict):

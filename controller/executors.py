@@ -1,10 +1,11 @@
 """Where measurements run: `LocalExecutor` (worker threads, the default) and `RayExecutor` (Ray actors,
 optionally with GPUs, locally or on a cluster). Each worker owns its own instrument instance.
 
-Both follow one protocol: submit(trial), completed(timeout) -> results, free_slots(), cancel(id).
-A measurement that runs past the per-trial timeout is aborted (the instrument's `abort()` if it has
-one), reported as a retryable failure, and its worker replaced, so one hung instrument call never
-stalls the campaign.
+Both follow one protocol: submit(trial), completed(timeout) -> results, free_slots(), cancel(id),
+running(), abort_all(grace), shutdown(). A measurement that runs past the per-trial timeout is aborted
+(the instrument's `abort()` if it has one), reported as a retryable failure, and its worker replaced,
+so one hung instrument call never stalls the campaign. A stop aborts every measurement in flight
+(`abort_all`) before its trials are journaled abandoned, so none keeps running behind a resume.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def run_measurement(instrument: Instrument, params: dict[str, Any]) -> tuple[Mea
         return None, str(exc), exc.retryable
     except Exception as exc:  # noqa: BLE001 - any instrument bug becomes a failed attempt, not a crash
         return None, f"{type(exc).__name__}: {exc}", True
+    except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from user code must not kill the worker
+        return None, f"the instrument raised {type(exc).__name__}{f': {exc}' if str(exc) else ''}", False
 
 
 class Executor(Protocol):
@@ -62,6 +65,21 @@ class Executor(Protocol):
     def cancel(self, trial_id: int) -> None: ...
     def running(self) -> list[Trial]: ...
     def shutdown(self, wait: bool = True) -> None: ...
+
+    def abort_all(self, grace: float = 2.0) -> list[TrialResult]:
+        """Abort every measurement in flight; return the results that need not be measured again.
+
+        1. Collects every result that had already arrived (success or failure, as `completed()` would
+           have returned it); the caller journals these as usual.
+        2. Calls `abort()` once on each busy worker's instrument (where it has one; errors are logged)
+           and waits at most `grace` seconds for those workers to return. A result that arrives
+           successfully in that time (a measurement that finished despite the abort) is returned too;
+           a failure is dropped, since it is most likely the abort itself.
+        Afterwards `running()` lists exactly the trials with no returned result (aborted, or not back
+        in time): journal them abandoned, then `shutdown()`. Their slots stay busy; `cancel(id)` frees
+        one if the executor is to be reused. Never raises for an instrument's sake.
+        """
+        ...
 
 
 class _Slot:
@@ -80,21 +98,35 @@ class _Slot:
     def _start(self, instrument: Instrument) -> None:
         self.instrument = instrument
         self.inbox: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
         self.thread = threading.Thread(
-            target=self._loop, args=(self.inbox, instrument, self.generation), daemon=True,
+            target=self._loop, args=(self.inbox, self.stopping, instrument, self.generation), daemon=True,
             name=f"aec-worker-{self.index}",
         )
         self.thread.start()
 
-    def _loop(self, inbox: queue.Queue, instrument: Instrument, generation: int) -> None:
+    def _loop(self, inbox: queue.Queue, stopping: threading.Event, instrument: Instrument, generation: int) -> None:
+        """Long-lived on purpose: a command's PR_SET_PDEATHSIG fires when the thread that started it exits."""
         while True:
             trial = inbox.get()
             if trial is None:
                 return
             started = time.time()
-            m, err, retry = run_measurement(instrument, trial.params)
+            if stopping.is_set():
+                m, err, retry = None, "aborted before it started", True
+            else:
+                m, err, retry = run_measurement(instrument, trial.params)
             self.results.put((self.index, generation, TrialResult(
                 trial, m, err, retry, f"local-{self.index}", started, time.time())))
+
+    def abort(self) -> None:
+        """The instrument's abort(), where it has one; its errors are logged, never raised."""
+        abort = getattr(self.instrument, "abort", None)
+        if callable(abort):
+            try:
+                abort()
+            except Exception:  # noqa: BLE001
+                log.exception("abort() of worker %d failed", self.index)
 
     def replace(self) -> None:
         """Abandon a hung worker thread (it is a daemon) and start a fresh one with a new instrument."""
@@ -176,12 +208,7 @@ class LocalExecutor:
                 continue
             if slot.aborted_at is None and now - slot.started > self.timeout:
                 slot.aborted_at = now
-                abort = getattr(slot.instrument, "abort", None)
-                if callable(abort):
-                    try:
-                        abort()
-                    except Exception:  # noqa: BLE001
-                        log.exception("abort() of worker %d failed", slot.index)
+                slot.abort()
             elif slot.aborted_at is not None and now - slot.aborted_at > self.ABORT_GRACE:
                 trial = slot.trial
                 log.warning("trial %d ran past its %.1f s timeout; worker %d replaced", trial.id, self.timeout, slot.index)
@@ -193,10 +220,37 @@ class LocalExecutor:
     def cancel(self, trial_id: int) -> None:
         for slot in self.slots:
             if slot.trial is not None and slot.trial.id == trial_id:
-                abort = getattr(slot.instrument, "abort", None)
-                if callable(abort):
-                    abort()
+                slot.abort()
                 slot.replace()
+
+    def abort_all(self, grace: float = 2.0) -> list[TrialResult]:
+        """`Executor.abort_all`: a worker that picks up its trial after the abort skips it; one that does
+        not come back within `grace` keeps its trial in `running()` (it is a daemon thread)."""
+        out: list[TrialResult] = []
+        while True:
+            try:
+                self._accept(self._results.get_nowait(), out)
+            except queue.Empty:
+                break
+        busy = {s.index: s for s in self.slots if s.trial is not None}
+        for slot in busy.values():
+            slot.stopping.set()
+            slot.abort()
+        deadline = time.monotonic() + max(0.0, grace)
+        while busy:
+            try:
+                index, generation, result = self._results.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            slot = self.slots[index]
+            if index not in busy or generation != slot.generation or slot.trial is None or slot.trial.id != result.trial.id:
+                continue
+            del busy[index]
+            slot.stopping.clear()
+            if result.ok:
+                slot.trial, slot.aborted_at = None, None
+                out.append(result)
+        return out
 
     def shutdown(self, wait: bool = True) -> None:
         for slot in self.slots:
@@ -232,8 +286,21 @@ class RayExecutor:
         self.busy: list[tuple[Trial, Any, float] | None] = [None] * workers
 
     def _new_actor(self) -> Any:
-        actor_cls = self.ray.remote(_InstrumentActor).options(**self._options)
+        actor_cls = self.ray.remote(_InstrumentActor).options(max_concurrency=2, **self._options)
         return actor_cls.remote(*self._actor_args)
+
+    def _get(self, i: int) -> tuple[TrialResult, bool]:
+        """Worker i's finished result, and whether its actor died (then the result is a retryable failure)."""
+        trial, ref, started = self.busy[i]
+        try:
+            m, err, retry = self.ray.get(ref)
+            crashed = False
+        except Exception as exc:  # noqa: BLE001 - a dead actor or a worker crash
+            m, err, retry, crashed = None, f"ray worker failed: {exc}", True, True
+        return TrialResult(trial, m, err, retry, f"ray-{i}", started, time.time()), crashed
+
+    def _busy_refs(self) -> dict[Any, int]:
+        return {b[1]: i for i, b in enumerate(self.busy) if b is not None}
 
     def free_slots(self) -> int:
         return sum(b is None for b in self.busy)
@@ -246,22 +313,19 @@ class RayExecutor:
         self.busy[i] = (trial, self.actors[i].measure.remote(trial.params), time.time())
 
     def completed(self, timeout: float) -> list[TrialResult]:
-        refs = [b[1] for b in self.busy if b is not None]
+        refs = self._busy_refs()
         out: list[TrialResult] = []
         if refs:
-            ready, _ = self.ray.wait(refs, num_returns=1, timeout=max(0.0, timeout))
+            ready, _ = self.ray.wait(list(refs), num_returns=1, timeout=max(0.0, timeout))
             if ready:
-                ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+                ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0)
             for ref in ready:
-                i = next(k for k, b in enumerate(self.busy) if b is not None and b[1] == ref)
-                trial, _, started = self.busy[i]
-                try:
-                    m, err, retry = self.ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a dead actor or a worker crash
-                    m, err, retry = None, f"ray worker failed: {exc}", True
+                i = refs[ref]
+                result, crashed = self._get(i)
+                if crashed:
                     self.actors[i] = self._new_actor()
                 self.busy[i] = None
-                out.append(TrialResult(trial, m, err, retry, f"ray-{i}", started, time.time()))
+                out.append(result)
         else:
             time.sleep(min(timeout, 0.05))
         if self.timeout is not None:
@@ -281,6 +345,34 @@ class RayExecutor:
                 self.actors[i] = self._new_actor()
                 self.busy[i] = None
 
+    def abort_all(self, grace: float = 2.0) -> list[TrialResult]:
+        """`Executor.abort_all`: the instrument's abort() runs in its actor beside the measurement; an
+        actor not back within `grace` is killed (its process, and with it a command's process group)."""
+        out: list[TrialResult] = []
+        refs = self._busy_refs()
+        ready = self.ray.wait(list(refs), num_returns=len(refs), timeout=0)[0] if refs else []
+        for ref in ready:
+            i = refs.pop(ref)
+            result, crashed = self._get(i)
+            if crashed:
+                self.actors[i] = self._new_actor()
+            self.busy[i] = None
+            out.append(result)
+        for i in refs.values():
+            self.actors[i].abort.remote()
+        ready, late = self.ray.wait(list(refs), num_returns=len(refs), timeout=max(0.0, grace)) if refs else ([], [])
+        for ref in ready:
+            result, _ = self._get(refs[ref])
+            if result.ok:
+                self.busy[refs[ref]] = None
+                out.append(result)
+        for ref in late:
+            try:
+                self.ray.kill(self.actors[refs[ref]])
+            except Exception:  # noqa: BLE001
+                log.exception("could not kill ray worker %d", refs[ref])
+        return out
+
     def shutdown(self, wait: bool = True) -> None:
         for actor in self.actors:
             try:
@@ -299,3 +391,9 @@ class _InstrumentActor:
 
     def measure(self, params: dict[str, Any]) -> tuple[Measurement | None, str | None, bool]:
         return run_measurement(self.instrument, params)
+
+    def abort(self) -> None:
+        """The instrument's abort(); runs beside `measure` (the actor has two threads)."""
+        abort = getattr(self.instrument, "abort", None)
+        if callable(abort):
+            abort()

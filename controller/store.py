@@ -4,11 +4,15 @@ a `trials` table derived from it in the same transaction, checkpoints, and data 
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import socket
 import sqlite3
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,6 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from controller.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 EVENT_KINDS = ("proposed", "started", "completed", "failed", "abandoned")
@@ -55,6 +61,14 @@ CREATE TABLE IF NOT EXISTS trials (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, time REAL NOT NULL, blob BLOB NOT NULL);
 """
+# A trial is proposed once and completed once, whatever a buggy or concurrent writer tries.
+_UNIQUE_EVENTS = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events (trial_id, kind) WHERE kind IN ('proposed', 'completed')"
+)
+
+
+class StoreBusy(UserError):
+    """Another process is the store's writer (run, resume or daemon)."""
 
 
 @dataclass
@@ -81,6 +95,7 @@ class TrialRecord:
     started_at: float | None = None
     finished_at: float | None = None
     completed_seq: int | None = None
+    finished_seq: int | None = None  # journal position of the completed or final failed event (history order)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -122,7 +137,7 @@ def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attemp
         rec.status, rec.started_at, rec.error = "started", t, None
         rec.worker = payload.get("worker", rec.worker)
     elif kind == "completed":
-        rec.status, rec.finished_at, rec.completed_seq = "completed", t, seq
+        rec.status, rec.finished_at, rec.completed_seq, rec.finished_seq = "completed", t, seq, seq
         rec.metrics = payload.get("metrics", {})
         rec.sem = payload.get("sem", {})
         rec.novelty, rec.pvalue = payload.get("novelty"), payload.get("pvalue")
@@ -133,7 +148,7 @@ def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attemp
         rec.error = payload.get("error")
         rec.worker = payload.get("worker", rec.worker)
         if payload.get("final", True):
-            rec.status, rec.finished_at = "failed", t
+            rec.status, rec.finished_at, rec.finished_seq = "failed", t, seq
         else:
             rec.status = "retrying"
     elif kind == "abandoned":
@@ -142,20 +157,28 @@ def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attemp
 
 
 class Store:
-    """A campaign's SQLite journal and data folder. Use from one thread (the controller's)."""
+    """A campaign's SQLite journal and data folder. Use from one thread (the controller's).
 
-    def __init__(self, path: str | Path, create: bool = False, meta: dict[str, Any] | None = None):
+    A writer (`create=True` or `writer=True`) holds an exclusive `flock` on `STORE.lock` for as long as
+    it is open, so one process at a time journals into a store; the OS releases the lock when the
+    process dies, SIGKILL included. A reader opens the database read-only and takes no lock, so
+    `show`, `export` and `report` work beside a running campaign and on read-only media.
+    """
+
+    def __init__(self, path: str | Path, create: bool = False, meta: dict[str, Any] | None = None,
+                 writer: bool = False):
         """Open a store; with `create`, make its schema and write `meta` in one transaction."""
         self.path = Path(path)
+        self.writer = writer or create
+        self._lock_fd: int | None = None
         if not create and not self.path.exists():
             raise UserError(f"{self.path}: no such store")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self._lock()
         try:
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db = self._connect()
             if create:
                 self.db.execute("BEGIN IMMEDIATE")
                 for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -165,12 +188,71 @@ class Store:
                 self.db.execute("COMMIT")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
+            self._unlock()
             raise UserError(f"{self.path}: not an aec store ({exc})") from None
         if not {"meta", "events", "trials"} <= tables:
+            self._unlock()
             raise UserError(f"{self.path}: not an aec store (tables missing)")
+        if self.writer:
+            self._unique_events()
         self.data_dir = self.path.with_name(self.path.name + ".data")
         self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self._trials: dict[int, TrialRecord] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _lock(self) -> None:
+        """Take the writer's lock or raise StoreBusy naming the holder (pid, host, since when)."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot write beside the store ({exc.strerror}: {self.lock_path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = (f"pid {holder[0]} on {holder[1]} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder[2])))}"
+                   if len(holder) >= 3 and _is_number(holder[2]) else "another process")
+            raise StoreBusy(f"{self.path} is in use by {who}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.3f}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        """A writer's WAL connection, or a read-only one (immutable where even the WAL index cannot be made)."""
+        if self.writer:
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            return db
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        for flags in ("?mode=ro", "?mode=ro&immutable=1"):
+            db = sqlite3.connect(uri + flags, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA busy_timeout=10000")
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return db
+            except sqlite3.OperationalError:
+                db.close()
+                if flags.endswith("immutable=1"):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _unique_events(self) -> None:
+        try:
+            self.db.execute(_UNIQUE_EVENTS)
+        except sqlite3.IntegrityError:  # a store journaled before the index, by two writers at once
+            log.warning("%s: some trials were journaled proposed or completed twice (before aec enforced one writer); "
+                        "`aec export` shows the last of each", self.path)
 
     # meta and checkpoints -------------------------------------------------------------------
 
@@ -194,6 +276,22 @@ class Store:
         trials = self._cache()
         return max(trials) + 1 if trials else 0
 
+    def new_trial(self, payload: dict[str, Any]) -> TrialRecord:
+        """Journal a new trial 'proposed', its id allocated inside the write transaction."""
+        t = time.time()
+        trials = self._cache()
+        text = json.dumps(json_safe(payload), default=_json_default, allow_nan=False)
+        with self._transaction():
+            tid = self.db.execute("SELECT COALESCE(MAX(trial_id), -1) + 1 FROM events").fetchone()[0]
+            cur = self.db.execute(
+                "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, 1, ?, ?)",
+                (tid, "proposed", t, text),
+            )
+            rec = apply_event(trials, tid, "proposed", 1, t, json.loads(text), cur.lastrowid)
+            self._write_trial(rec)
+        self._seq = cur.lastrowid
+        return rec
+
     def append(self, trial_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> TrialRecord:
         """Journal one event and update the derived trial row, in one transaction."""
         return self.append_many([(trial_id, kind, attempt, payload)])[-1]
@@ -208,7 +306,7 @@ class Store:
         out = []
         with self._transaction():
             for trial_id, kind, attempt, payload in events:
-                text = json.dumps(payload, default=_json_default, allow_nan=True)
+                text = json.dumps(json_safe(payload), default=_json_default, allow_nan=False)
                 cur = self.db.execute(
                     "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
                     (trial_id, kind, attempt, t, text),
@@ -302,8 +400,9 @@ class Store:
     def close(self) -> None:
         try:
             self.db.close()
-        except sqlite3.Error:
+        except (sqlite3.Error, AttributeError):
             pass
+        self._unlock()
 
     def __enter__(self) -> "Store":
         return self
@@ -320,3 +419,26 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so the journal and all JSON output are strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, (np.floating,)):
+        return json_safe(float(value))
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    return value

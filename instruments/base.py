@@ -36,6 +36,8 @@ class Measurement:
         """Accept what user code returns: a Measurement, a float, or a dict of metrics (`sem`/`data` keys allowed)."""
         if isinstance(value, Measurement):
             return value
+        if isinstance(value, (bool, np.bool_)):
+            raise InstrumentError(f"the instrument returned {value!r}; expected a number or a dict of metrics", retryable=False)
         if isinstance(value, (int, float, np.floating, np.integer)):
             return cls(metrics={default_metric: float(value)})
         if isinstance(value, dict):
@@ -46,6 +48,8 @@ class Measurement:
             metrics = {}
             for key, v in value.items():
                 try:
+                    if isinstance(v, (bool, np.bool_)):
+                        raise TypeError("a boolean is not a reading")
                     metrics[str(key)] = float(v)
                 except (TypeError, ValueError):
                     raise InstrumentError(
@@ -54,13 +58,25 @@ class Measurement:
             return cls(
                 metrics=metrics,
                 data=None if data is None else np.asarray(data),
-                sem={str(k): float(v) for k, v in sem.items()},
+                sem=_sem(sem),
                 metadata=dict(metadata),
             )
         raise InstrumentError(
             f"the instrument returned {type(value).__name__}; expected a number or a dict of metrics",
             retryable=False,
         )
+
+
+def _sem(sem: Any) -> dict[str, float]:
+    """Standard errors as floats; anything else (a bool, a string, a non-dict) is the instrument's error."""
+    if not isinstance(sem, dict):
+        raise InstrumentError(f"'sem' is {sem!r}; expected a dict of standard errors", retryable=False)
+    out = {}
+    for k, v in sem.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise InstrumentError(f"sem of {k!r} is {v!r}; expected a number", retryable=False)
+        out[str(k)] = float(v)
+    return out
 
 
 @runtime_checkable

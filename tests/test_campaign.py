@@ -103,7 +103,7 @@ def test_resume_re_runs_trials_left_in_flight_with_the_next_attempt(write_campai
     path = write_campaign(trials=5)
     c = _run(path)
     c.close()
-    store = Store(Path(c.config.store))
+    store = Store(Path(c.config.store), writer=True)
     cfg = store.get_meta("config")
     cfg["budget"]["trials"] = 7
     store.set_meta("config", cfg)
