@@ -174,14 +174,17 @@ class LocalExecutor:
                 item = None
             if item is not None:
                 self._accept(item, out)
-                while True:
-                    try:
-                        self._accept(self._results.get_nowait(), out)
-                    except queue.Empty:
-                        break
+                self._drain(out)
             out.extend(self._expire())
             if out or time.time() >= deadline:
                 return out
+
+    def _drain(self, out: list[TrialResult]) -> None:
+        while True:
+            try:
+                self._accept(self._results.get_nowait(), out)
+            except queue.Empty:
+                return
 
     def _accept(self, item: tuple[int, int, TrialResult], out: list[TrialResult]) -> None:
         index, generation, result = item
@@ -227,11 +230,7 @@ class LocalExecutor:
         """`Executor.abort_all`: a worker that picks up its trial after the abort skips it; one that does
         not come back within `grace` keeps its trial in `running()` (it is a daemon thread)."""
         out: list[TrialResult] = []
-        while True:
-            try:
-                self._accept(self._results.get_nowait(), out)
-            except queue.Empty:
-                break
+        self._drain(out)
         busy = {s.index: s for s in self.slots if s.trial is not None}
         for slot in busy.values():
             slot.stopping.set()

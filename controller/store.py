@@ -212,7 +212,11 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            deadline = time.monotonic() + 1.0  # the holder writes who it is just after taking the lock
             holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            while len(holder) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = os.pread(fd, 512, 0).decode(errors="replace").split()
             os.close(fd)
             who = (f"pid {holder[0]} on {holder[1]} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder[2])))}"
                    if len(holder) >= 3 and _is_number(holder[2]) else "another process")

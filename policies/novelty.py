@@ -17,7 +17,8 @@ The Selector seam in three pieces that compose:
   latent space) so that the kept set still represents the known domain.
 
 `NoveltySelector` applies the same online, one measurement at a time, in a campaign, retraining
-in a background thread as the known set grows.
+in a background thread as the known set grows; each model takes over at a fixed measurement, so
+the same measurements give the same decisions.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import logging
 import math
 import threading
 from dataclasses import asdict, dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait as wait_futures
 from typing import Literal
 
 import numpy as np
@@ -343,8 +345,9 @@ class NoveltyDetector:
 
     def add_calibration(self, scores: np.ndarray) -> None:
         """Extend the calibration set with scores of data this model never saw (online conformal)."""
-        s = np.asarray(scores, dtype=float).ravel()
-        self.calibration = np.sort(np.concatenate([self.calibration, s[np.isfinite(s)]]))
+        s = np.sort(np.asarray(scores, dtype=float).ravel())
+        s = s[np.isfinite(s)]
+        self.calibration = np.insert(self.calibration, np.searchsorted(self.calibration, s), s)  # stays sorted
 
     def strata(self, latent: np.ndarray) -> np.ndarray:
         """Index of the nearest k-means centre of each latent code (n, k) -> (n,)."""
@@ -472,6 +475,28 @@ def select(
 
 
 # ---------------------------------------------------------------------------- online selection
+@dataclass
+class _Training:
+    """A model being fitted in a background thread on the known set as it was after measurement `start`."""
+
+    start: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
+
+    @classmethod
+    def launch(cls, fit: Callable[[threading.Event], NoveltyDetector], start: int) -> _Training:
+        t = cls(start)
+
+        def run() -> None:
+            try:
+                t.future.set_result(fit(t.stop))
+            except BaseException as exc:  # noqa: BLE001 - raised again where the model is installed
+                t.future.set_exception(exc)
+
+        threading.Thread(target=run, name="aec-novelty-trainer", daemon=True).start()
+        return t
+
+
 WARMUP, NO_MODEL, SAMPLE, KNOWN, EXHAUSTED, NO_DATA = (
     "warm-up", "no model yet", "stratified sample", "known", "budget exhausted", "no data product")
 
@@ -488,7 +513,14 @@ class NoveltySelector:
     While the first model is still training after warm-up, data products are kept within half
     of the budget earned so far (reason "no model yet").
     Every data product seen joins the known set (a reservoir of `max_known`), so a retrained
-    model learns what has become common. `decide` never waits for training.
+    model learns what has become common.
+
+    Reproducible: a model trained in the background from the known set after measurement k
+    scores measurements k + retrain_lag + 1 onwards, exactly (`decide` waits for it there if it
+    is late), so the same measurements in the same order give the same decisions, whatever the timing.
+    Calibrated: a model's calibration set is a held-out slice of its known set, extended with the
+    score of every measurement it scores, whatever the p-value, so the scores stay exchangeable
+    and the false-novel rate on known data stays at most `level` (never drifts upwards).
     """
 
     class Options(BaseModel):
@@ -501,6 +533,7 @@ class NoveltySelector:
         warmup: int = Field(20, ge=MIN_KNOWN)
         reference: str | None = None
         retrain_every: int = Field(50, ge=0, description="0: never retrain")
+        retrain_lag: int = Field(10, ge=0, description="measurements the old model scores while a new one trains in the background")
         sample_rate: float = Field(0.02, ge=0.0, le=1.0)
         latent: int = Field(8, ge=1)
         hidden: list[int] | None = None
@@ -525,9 +558,10 @@ class NoveltySelector:
         self._rng = np.random.default_rng(self.seed)
         self._model: NoveltyDetector | None = None
         self._generation = 0
-        self._installed_at = 0
-        self._dirty = False
-        self._thread: threading.Thread | None = None
+        self._installed_at = 0  # measurements decided before the model scored its first
+        self._trained_at = 0  # measurements in the known set the model was trained on
+        self._checkpoint: bytes | None = None  # the newly installed model, as `state_bytes` returns it
+        self._pending: _Training | None = None
         self._reference: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
         self._known: list[np.ndarray] = []
@@ -563,47 +597,56 @@ class NoveltySelector:
                                progress="log" if o.progress else "off")
 
     def _start_training(self) -> None:
-        """Snapshot the known set and fit a new model: in the background, except the first when `wait_first`."""
-        if self._thread is not None and self._thread.is_alive():
-            return
+        """Fit a model on the known set as it is now: in a thread when `background` (except the first with
+        `wait_first`), installed `retrain_lag` measurements later by `decide`; else here, installed at once."""
         parts = [] if self._reference is None else [self._reference]
         if self._known:
             parts.append(np.stack(self._known))
         data = np.concatenate(parts) if parts else np.zeros((0, *(self._shape or (1,))), dtype=np.float32)
         self._last_train = self._seen
         self._generation += 1
-        seed = self.seed + 1009 * self._generation
+        options, seed = self._detector_options(), self.seed + 1009 * self._generation
+
+        def fit(stop: threading.Event) -> NoveltyDetector:
+            return NoveltyDetector(options, seed=seed).fit(data, stop=stop)
+
         if self.options.background and not (self._model is None and self.options.wait_first):
-            self._thread = threading.Thread(target=self._train, args=(data, seed, self._generation),
-                                            name="aec-novelty-trainer", daemon=True)
-            self._thread.start()
-        else:
-            self._train(data, seed, self._generation)
-
-    def _train(self, data: np.ndarray, seed: int, generation: int) -> None:
+            self._pending = _Training.launch(fit, self._seen)
+            return
+        training = _Training(self._seen)
         try:
-            det = NoveltyDetector(self._detector_options(), seed=seed).fit(data, stop=self._stop)
-        except Exception:  # the campaign goes on with the model it has
-            logger.exception("novelty: training on %d known measurements failed", len(data))
-            return
-        if self._stop.is_set():
-            return
-        with self._lock:
-            if generation != self._generation:  # a checkpoint was loaded meanwhile: this model is older
-                return
-            self._install(det, self._seen)
-        logger.info("novelty: model %d trained on %d measurements (%s)", self._generation, len(data), det.report.stopped)
+            training.future.set_result(fit(self._stop))
+        except Exception as exc:  # noqa: BLE001 - logged by _finish
+            training.future.set_exception(exc)
+        self._finish(training)
 
-    def _install(self, det: NoveltyDetector, installed_at: int) -> None:
-        self._model, self._installed_at, self._dirty = det, installed_at, True
+    def _finish(self, training: _Training) -> None:
+        """Install the model of `training` (waiting for it) to score from the next measurement on."""
+        if self._pending is training:
+            self._pending = None
+        try:
+            det = training.future.result()
+        except Exception:  # the campaign goes on with the model it has
+            logger.exception("novelty: training on the known set after measurement %d failed", training.start)
+            return
+        if self._stop.is_set() or training.stop.is_set():  # closed, or superseded by a checkpoint
+            return
+        self._model, self._installed_at, self._trained_at = det, self._seen, training.start
         self._strata_seen, self._strata_offset = {}, {}
+        self._checkpoint = det.to_bytes(extra={"installed_at": self._seen, "trained_at": training.start,
+                                                "generation": self._generation})
+        logger.info("novelty: model %d (known set after measurement %d, %s) scores from measurement %d",
+                    self._generation, training.start, det.report.stopped, self._seen + 1)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a training in progress ends (for tests and offline use); True when none runs."""
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-        return t is None or not t.is_alive()
+        """Finish a background training and install its model now (tests, offline use); False on timeout."""
+        training = self._pending
+        if training is not None and not wait_futures([training.future], timeout).done:
+            return False
+        with self._lock:
+            if training is not None and self._pending is training:
+                self._finish(training)
+        return True
 
     @property
     def model(self) -> NoveltyDetector | None:
@@ -636,7 +679,7 @@ class NoveltySelector:
         return math.floor(rate * seen + u) > math.floor(rate * (seen - 1) + u)
 
     def decide(self, trial_id: int, data: np.ndarray | None, metrics: dict[str, float]) -> Decision:
-        """Keep or drop one measurement's data product; fast (scores with the current model)."""
+        """Keep or drop one measurement's data product; fast, except when it waits for a late retrain (class docstring)."""
         if data is None:
             return Decision(novelty=None, keep=False, reason=NO_DATA)
         x = np.asarray(data, dtype=np.float32)
@@ -650,6 +693,8 @@ class NoveltySelector:
                 source = "the reference data set" if self._reference is not None else "earlier data products"
                 raise SelectionError(f"trial {trial_id}: data product has shape {tuple(x.shape)}, but {source} "
                                      f"have shape {self._shape}")
+            if self._pending is not None and self._seen >= self._pending.start + o.retrain_lag:
+                self._finish(self._pending)
             self._seen += 1
             self._remember(x)
             model = self._model
@@ -660,7 +705,9 @@ class NoveltySelector:
             if decision.keep:
                 self._kept_bytes += nbytes
                 self._kept += decision.reason != WARMUP
-            if model is None:  # first model (or a retry after a failed training, every `warmup` measurements)
+            if self._pending is not None:
+                due = False
+            elif model is None:  # first model (or a retry after a failed training, every `warmup` measurements)
                 due = self._seen >= o.warmup and (self._generation == 0 or self._seen - self._last_train >= o.warmup)
             else:
                 due = o.retrain_every > 0 and self._seen - self._last_train >= o.retrain_every
@@ -683,8 +730,9 @@ class NoveltySelector:
         scores, z = model.score_with_latent(x[None])
         s = float(scores[0])
         p = float(model.pvalues(scores)[0])
-        if p >= o.level:  # only what looks known extends the calibration, so a novel population cannot hide itself
-            model.add_calibration(scores)
+        # Every score joins the calibration, whatever its p-value: then each new score is exchangeable with
+        # the calibration set on known data and p stays valid. Only the known-looking ones would bias it low.
+        model.add_calibration(scores)
         if p < o.level:
             if self._room(nbytes):
                 return Decision(novelty=s, keep=True, pvalue=p, reason=f"novel p={p:.3g} < {o.level:g}")
@@ -698,12 +746,11 @@ class NoveltySelector:
 
     # ------------------------------------------------------------------ persistence
     def state_bytes(self) -> bytes | None:
-        """A checkpoint of the model when a new one was installed since the last call, else None."""
+        """A checkpoint of the model (as installed, before it scored anything) when a new one was installed
+        since the last call, else None."""
         with self._lock:
-            if not self._dirty or self._model is None:
-                return None
-            self._dirty = False
-            return self._model.to_bytes(extra={"installed_at": self._installed_at, "generation": self._generation})
+            blob, self._checkpoint = self._checkpoint, None
+            return blob
 
     def load_state_bytes(self, blob: bytes) -> None:
         """Install the model of a checkpoint from `state_bytes` (then `restore` the counts)."""
@@ -711,17 +758,23 @@ class NoveltySelector:
         with self._lock:
             if self._shape is not None and det.shape != self._shape:
                 raise SelectionError(f"the checkpoint's model takes data of shape {det.shape}, this campaign's is {self._shape}")
+            if self._pending is not None:  # e.g. the first model on a reference set: the checkpoint is newer
+                self._pending.stop.set()
+                self._pending = None
             self._shape = det.shape
-            self._install(det, int(extra.get("installed_at", 0)))
+            self._model, self._checkpoint = det, None
+            self._installed_at = int(extra.get("installed_at", 0))
+            self._trained_at = int(extra.get("trained_at", self._installed_at))
+            self._strata_seen, self._strata_offset = {}, {}
             self._generation = max(self._generation + 1, int(extra.get("generation", 0)))
-            self._dirty = False
 
     def restore(self, decisions: list[Decision], kept_data: Sequence[np.ndarray]) -> None:
         """Continue after a crash from the journal: decisions in trial order, the kept data products in order.
 
         Counts and budgets continue where they stopped; the known set restarts from the kept data
-        (all that is on disk); scores made by the loaded model extend its calibration. Nothing is
-        rescored. Stratum counters restart (the strata of past measurements are not journaled).
+        (all that is on disk); every score made by the loaded model extends its calibration, as in
+        `decide`. Nothing is rescored. Stratum counters restart (the strata of past measurements are
+        not journaled); a retrain due at the crash starts after the next decision.
         """
         with self._lock:
             self._reset_counts()
@@ -753,19 +806,19 @@ class NoveltySelector:
             self._known_seen = max(self._known_seen, self._seen)
             if self._model is not None:
                 start = min(self._installed_at, self._seen)
-                scored = [d.novelty for d in [d for d in decisions if d.reason != NO_DATA][start:]
-                          if d.novelty is not None and (d.pvalue is None or d.pvalue >= self.options.level)]
+                scored = [d.novelty for d in [d for d in decisions if d.reason != NO_DATA][start:] if d.novelty is not None]
                 self._model.add_calibration(np.asarray(scored, dtype=float))
-                self._last_train = start
+                self._last_train = min(self._trained_at, self._seen)
             elif self._seen >= self.options.warmup and self._known:
                 self._start_training()
 
     def close(self) -> None:
         """Stop the background trainer (it ends after its current epoch) and wait for it."""
         self._stop.set()
-        t = self._thread
-        if t is not None and t.is_alive():
-            t.join(timeout=30.0)
+        training = self._pending
+        if training is not None:
+            training.stop.set()
+            wait_futures([training.future], timeout=30.0)
 
 
 __all__ = ["Budget", "DetectorOptions", "NoveltyDetector", "NoveltySelector", "SelectionError", "select"]

@@ -204,7 +204,7 @@ def test_warm_up_keeps_every_data_product_then_a_model_is_trained():
     sel.close()
 
 
-def test_decide_never_waits_for_background_training():
+def test_decide_does_not_wait_for_a_background_training_before_it_is_due():
     rng = np.random.default_rng(10)
     sel = NoveltySelector(selector_options(warmup=10, background=True, wait_first=False, epochs=200, patience=200), seed=0)
     for i, x in enumerate(spectra(10, rng)):

@@ -119,8 +119,9 @@ class BotorchOptions(BaseModel):
     pool_chunk: int | None = Field(None, ge=64, description="pool rows scored per chunk (default: a 2 MiB kernel matrix per chunk)")
     pool_shortlist: int = Field(256, ge=1, description="pool rows the MC acquisition re-scores after screening")
     pool_screen_float32: bool = Field(
-        True, description="screen a float64 pool's variances with a float32 product (~15% less time per "
-        "65,536-row screen; rows next to the data and the shortlist are scored in full precision)",
+        True, description="screen a float64 pool's variances with a float32 product that bounds its own rounding "
+        "error per row; rows whose bound could move them into the shortlist are redone in float64, so the shortlist "
+        "is float64's (used with outcome constraints or travel costs; benchmarks/README.md)",
     )
     ts_candidates: int = Field(1024, ge=16, description="candidates per Thompson draw")
     cost_aware: Literal["none", "divide", "route", "both"] = Field(

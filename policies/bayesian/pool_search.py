@@ -5,23 +5,31 @@ analytic stand-in of the acquisition computed from exact marginal posteriors (Lo
 optimistic hypervolume improvement, each with log P(feasible)); the MC acquisition then picks a
 greedy batch among the best `pool_shortlist` rows, earlier picks becoming X_pending. Without
 constraints or travel costs, only the rows whose upper bound can reach that shortlist are
-scored exactly (_pruned_screen). Maximum variance re-scores the whole pool after each pick (with
+scored exactly (_pruned_screen); with them, every row's variance is screened in float32 and the
+rows whose rounding-error bound could move them across the shortlist's edge are redone in float64
+(_screen_every_row). Maximum variance re-scores the whole pool after each pick (with
 the pick as a fantasy); Thompson sampling draws jointly over the best `ts_candidates` rows by a
 wide UCB.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import numpy as np
 import torch
 
 from policies.bayesian.acquisition import (
     AcquisitionBuilder,
+    Outcomes,
     best_observed,
+    log_prob_feasible,
     nondominated_cells,
     per_cost,
     screen_scores,
 )
 from policies.bayesian.models import marginal_posterior, train_marginals, with_fantasies
+from policies.bayesian.posterior import screen_posterior
 from policies.bayesian.search import Pick, SearchContext, evaluate, thompson_picks
 from policies.pareto import pareto_mask
 
@@ -78,12 +86,13 @@ def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContex
     if ctx.cost is None and not ctx.outcomes.constraints:
         scores = _pruned_screen(name, model, Xf, ctx, sc, k)
     else:
-        mean, std = marginal_posterior(model, Xf, chunk=chunk_rows(ctx), screen=s.pool_screen_float32)
-        scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
-    if ctx.cost is not None:
-        screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")
-        ref = float(sc["best"][0]) if screen_scale == "raw" else 0.0
-        scores = per_cost(scores, scores.new_tensor(ctx.cost.seconds(ctx.start, pool[idx])), screen_scale, ref)
+        rank: Callable[[torch.Tensor], torch.Tensor] = lambda v: v  # noqa: E731
+        if ctx.cost is not None:
+            seconds = Xf.new_tensor(ctx.cost.seconds(ctx.start, pool[idx]))
+            screen_scale = "raw" if name in ("ucb", "ts") else ("log" if name != "variance" else "positive")
+            ref = float(sc["best"][0]) if screen_scale == "raw" else 0.0
+            rank = lambda v: per_cost(v, seconds, screen_scale, ref)  # noqa: E731
+        scores = _screen_every_row(name, model, Xf, ctx, sc, k, rank)
     top = torch.topk(scores, k).indices.cpu().numpy()
     if name == "ts":
         return thompson_picks(ctx, pool[idx[top]], idx[top], q, builder)
@@ -116,6 +125,44 @@ def _pruned_screen(name: str, model, Xf: torch.Tensor, ctx: SearchContext, sc: d
             if float(bound[order[done]]) < kth - 1e-9 * (1.0 + abs(kth)):
                 break
     return scores
+
+
+def _screen_every_row(
+    name: str, model, Xf: torch.Tensor, ctx: SearchContext, sc: dict, k: int, rank: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """rank(screen score) of every row (rank: non-decreasing, e.g. per_cost), with the same top k as float64.
+
+    With pool_screen_float32, variances come from screen_posterior with a bound on each one's error;
+    the rows whose score range under that bound reaches the k-th best lower end are rescored in
+    float64. At least k rows score above that edge, so no row left in float32 can be in the top k.
+    """
+    chunk = chunk_rows(ctx)
+    if not ctx.settings.pool_screen_float32:
+        mean, std = marginal_posterior(model, Xf, chunk=chunk)
+        return rank(screen_scores(name, mean, std, ctx.outcomes, **sc))
+    mean, std, rel = screen_posterior(model, Xf, chunk=chunk)
+    low, high = score_range(name, mean, std * (1.0 - rel).clamp_min(0.0).sqrt(), std * (1.0 + rel).sqrt(), ctx.outcomes, sc)
+    redo = torch.nonzero(rank(high) >= torch.topk(rank(low), k).values[-1]).squeeze(-1)
+    scores = screen_scores(name, mean, std, ctx.outcomes, **sc)
+    mean, std = marginal_posterior(model, Xf[redo], chunk=chunk)
+    scores[redo] = screen_scores(name, mean, std, ctx.outcomes, **sc)
+    return rank(scores)
+
+
+def score_range(name: str, mean: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, outcomes: Outcomes, sc: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least and greatest screen_scores over every std between lo and hi (N x m), at the same means.
+
+    The objectives' part grows with their std (UCB, log EI, optimistic hypervolume); each
+    constraint's log P(feasible) is monotone in its own std, so its extremes are at lo and hi.
+    """
+    free = dataclasses.replace(outcomes, constraints=())
+    low, high = screen_scores(name, mean, lo, free, **sc), screen_scores(name, mean, hi, free, **sc)
+    weight = float(sc["y_std"][outcomes.objective_index[0]]) if name in ("ucb", "ts") else 1.0  # as screen_scores
+    for c in outcomes.constraints:
+        one = dataclasses.replace(outcomes, constraints=(c,))
+        a, b = log_prob_feasible(mean, lo, one), log_prob_feasible(mean, hi, one)
+        low, high = low + weight * torch.minimum(a, b), high + weight * torch.maximum(a, b)
+    return low, high
 
 
 def _pool_greedy_mc(ctx: SearchContext, builder: AcquisitionBuilder, rows: np.ndarray, q: int) -> list[Pick]:

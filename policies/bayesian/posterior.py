@@ -15,24 +15,34 @@ from gpytorch.kernels import RBFKernel
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
 MAX_CHOLESKY = 4096  # fits and posteriors use Cholesky up to this many points (gpytorch: CG above 800)
-SCREEN_EXACT_BELOW = 1e-3  # screened rows whose variance is under this fraction of the prior's are redone in float64
+FLOAT32_MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # unit roundoff: IEEE, TF32, bfloat16
 
 
-
-def marginal_posterior(
-    fitted, X: torch.Tensor, chunk: int = 4096, screen: bool = False, bound: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def marginal_posterior(fitted, X: torch.Tensor, chunk: int = 4096, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and standard deviation of every output at each row of X (N x d): two N x m tensors.
 
     `fitted` is a BoTorch GP (SingleTaskGP, MixedSingleTaskGP, batched or not, or a ModelListGP of
     them) in eval mode, or anything with such a `.model`. Outcome transforms are undone.
-    screen: the variance's n x N product in float32 (see gp_marginals), for ranking a large pool.
     bound: instead of the std, an upper bound on it that costs no solve (see gp_marginals).
     """
     model = getattr(fitted, "model", fitted)
     with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
-        parts = [gp_marginals_any(model, Xc, screen, bound) for Xc in X.split(chunk)]
+        parts = [gp_marginals_any(model, Xc, bound) for Xc in X.split(chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def screen_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """marginal_posterior with the variance's product in float32 (gp_screen), for ranking a large pool:
+    mean, std and rel (N x m each), the exact variance lying within std^2 * (1 +- rel)."""
+    model = getattr(fitted, "model", fitted)
+    gps = model.models if isinstance(model, ModelListGP) else [model]
+    with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
+        parts = [[gp_screen(gp, Xc) for gp in gps] for Xc in X.split(chunk)]
+
+    def joined(i: int) -> torch.Tensor:
+        return torch.cat([torch.cat([g[i] for g in p], dim=-1) for p in parts])
+
+    return joined(0), joined(1), joined(2)
 
 
 def gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,65 +102,97 @@ def prior_variance(kernel, X: torch.Tensor) -> torch.Tensor:
     return torch.ones(X.shape[:-1], dtype=X.dtype, device=X.device) if is_plain_rbf(kernel) else kernel(X, diag=True)
 
 
-def inverse_factor32(gp: Model) -> torch.Tensor:
-    """L^-1 of gp_factor in float32, formed in the factor's own precision once per GP and cached."""
+def inverse_factor32(gp: Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """L^-1 of gp_factor in float32, and the 2-norms of its columns (sqrt of the diagonal of K^-1),
+    formed in the factor's own precision once per GP and cached."""
     cached = getattr(gp, "_aec_inverse32", None)
     if cached is None:
         _, L, _ = gp_factor(gp)
         eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
-        cached = torch.linalg.solve_triangular(L, eye, upper=False).to(torch.float32)
-        gp._aec_inverse32 = cached
+        Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+        cached = gp._aec_inverse32 = (Linv.to(torch.float32), torch.linalg.vector_norm(Linv, dim=-2))
     return cached
 
 
-def gp_marginals_any(model: Model, X: torch.Tensor, screen: bool = False, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def gp_marginals_any(model: Model, X: torch.Tensor, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """gp_marginals of a GP or of every GP of a ModelListGP (outputs concatenated); differentiable in X."""
     gps = model.models if isinstance(model, ModelListGP) else [model]
-    parts = [gp_marginals(gp, X, screen, bound) for gp in gps]
+    parts = [gp_marginals(gp, X, bound) for gp in gps]
     return torch.cat([p[0] for p in parts], dim=-1), torch.cat([p[1] for p in parts], dim=-1)
 
 
-def gp_marginals(gp: Model, X: torch.Tensor, screen: bool = False, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_terms(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L, K(X, train) (b) x N x n, k(x, x) (b) x N, mean before the outcome transform (b) x N) of one GP."""
+    train_X, L, alpha = gp_factor(gp)
+    Xt = gp.transform_inputs(X)
+    if train_X.dim() == 3:  # batched over outputs
+        Xt = Xt.unsqueeze(0).expand(train_X.shape[0], *Xt.shape)
+    kernel = gp.covar_module
+    Kxn, kxx = cross_kernel(kernel, Xt, train_X), prior_variance(kernel, Xt)
+    return L, Kxn, kxx, gp.mean_module(Xt) + (Kxn @ alpha).squeeze(-1)
+
+
+def columns(t: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """A (b) x N tensor as N x m: b outputs when the factor L is batched, else one."""
+    return t.transpose(-1, -2) if L.dim() == 3 else t.unsqueeze(-1)
+
+
+def untransform(gp: Model, L: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b) x N mean and variance as N x m (see columns), the outcome transform undone."""
+    mean, var = columns(mean, L), columns(var, L)
+    tf = getattr(gp, "outcome_transform", None)
+    return tf.untransform(mean, var) if tf is not None else (mean, var)
+
+
+def gp_marginals(gp: Model, X: torch.Tensor, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (N x m, outcome transform undone) of one GP at X (N x d); differentiable in X.
 
-    screen: the n x N product behind the variance (most of the cost at large N: 2.6 GFLOP for
-    65,536 rows at n = 200) runs in float32 against a cached float32 L^-1: 126-132 ms against
-    152 ms for all 65,536 rows here, the kernel included.
-    Kernel and mean stay in float64. float32 leaves an absolute error of ~1e-6 of the prior
-    variance, so rows whose variance is below SCREEN_EXACT_BELOW of it (next to the data) are
-    recomputed in float64: every std is then within ~1e-3 of its exact value, relatively.
     bound: the std given only the most correlated training point, k(x,x) - max_i k(x,x_i)^2 / K_ii
     (K_ii of the factored matrix, noise and jitter included). Conditioning on more data never
     raises a GP's variance, so this bounds the exact std from above at the cost of the mean alone.
     """
-    train_X, L, alpha = gp_factor(gp)
-    Xt = gp.transform_inputs(X)
-    batched = train_X.dim() == 3
-    if batched:
-        Xt = Xt.unsqueeze(0).expand(train_X.shape[0], *Xt.shape)
-    kernel = gp.covar_module
-    Kxn, kxx = cross_kernel(kernel, Xt, train_X), prior_variance(kernel, Xt)  # (b) x N x n, (b) x N
-    mean = gp.mean_module(Xt) + (Kxn @ alpha).squeeze(-1)
+    L, Kxn, kxx, mean = cross_terms(gp, X)
     if bound:
         scale = (L * L).sum(-1).rsqrt().unsqueeze(-2)  # (b) x 1 x n: 1 / sqrt of the diagonal of L L^T
-        if (torch.is_grad_enabled() and Kxn.requires_grad) or not is_plain_rbf(kernel):
+        if (torch.is_grad_enabled() and Kxn.requires_grad) or not is_plain_rbf(gp.covar_module):
             var = (kxx - (Kxn * scale).amax(-1) ** 2).clamp_min(1e-12)
         else:  # in place on rbf's own output: a fresh 4096 x 200 temporary cost more than the product
             var = (kxx - Kxn.mul_(scale).amax(-1) ** 2).clamp_min(1e-12)
-    elif screen and L.dtype == torch.float64:
-        V = Kxn.to(torch.float32) @ inverse_factor32(gp).transpose(-1, -2)  # (b) x N x n
-        var = kxx - (V * V).sum(-1).to(kxx.dtype)
-        close = (var < SCREEN_EXACT_BELOW * kxx).reshape(-1, var.shape[-1]).any(0)  # float32 cancels here
-        if bool(close.any()):
-            Vc = torch.linalg.solve_triangular(L, Kxn[..., close, :].transpose(-1, -2), upper=False)
-            var[..., close] = kxx[..., close] - (Vc * Vc).sum(-2)
-        var = var.clamp_min(1e-12)
     else:
         V = torch.linalg.solve_triangular(L, Kxn.transpose(-1, -2), upper=False)
         var = (kxx - (V * V).sum(-2)).clamp_min(1e-12)
-    mean = mean.transpose(-1, -2) if batched else mean.unsqueeze(-1)  # N x m
-    var = var.transpose(-1, -2) if batched else var.unsqueeze(-1)
-    tf = getattr(gp, "outcome_transform", None)
-    if tf is not None:
-        mean, var = tf.untransform(mean, var)
+    mean, var = untransform(gp, L, mean, var)
     return mean, var.clamp_min(0).sqrt()
+
+
+def gp_screen(gp: Model, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, std and a bound rel on the variance's relative error (N x m each) of one GP at X, the
+    n x N product behind the variance (most of the cost at large N) in float32 against a cached L^-1.
+
+    With v = L^-1 k (k = K(train, x) in float64) and V = fl32(fl32(L^-1) fl32(k)): each rounding
+    errs by at most u = 2^-24 relatively, and a dot product of n terms, in any summation order, by
+    g_n = n u / (1 - n u) of |L^-1| |k| (Higham, Accuracy and Stability, 3.1); so |V - v| <=
+    g_{n+2} |L^-1| |k| elementwise, and over the columns of L^-1, ||V - v||_2 <= d :=
+    g_{n+3} sum_j |k_j| ||L^-1 e_j||_2 (the extra unit covers float64's own rounding, 2^29 times
+    smaller; the elementwise bound's norm is 2-3x tighter but costs a second n x N product). With
+    s = ||V||^2 summed in float64, |s - ||v||^2| <= d (2 ||V|| + d) =: E, and rel = E / (k(x,x) - s).
+    Kernel, mean and s stay in float64; float32 underflow (below 1e-38) is ignored; TF32 or
+    bfloat16 products (torch's float32_matmul_precision) raise u. Being worst-case, E is 1e3-1e5
+    times the errors seen, so callers redo in float64 only the rows whose bound could change what
+    they decide (pool_search._screen_every_row), not every row with a large rel.
+    """
+    L = gp_factor(gp)[1]
+    nu = (L.shape[-1] + 3) * FLOAT32_MATMUL_UNIT[torch.get_float32_matmul_precision()]
+    if L.dtype != torch.float64 or nu >= 1.0:  # a float32 model, or products too coarse to bound: exact
+        mean, std = gp_marginals(gp, X)
+        return mean, std, torch.zeros_like(std)
+    L, Kxn, kxx, mean = cross_terms(gp, X)
+    Linv32, colnorm = inverse_factor32(gp)
+    V = Kxn.to(torch.float32) @ Linv32.transpose(-1, -2)  # (b) x N x n
+    s = torch.linalg.vector_norm(V, dim=-1, dtype=torch.float64) ** 2
+    var = (kxx - s).clamp_min(1e-12)
+    K = Kxn if is_plain_rbf(gp.covar_module) else Kxn.abs()  # the RBF kernel is positive
+    d = nu / (1.0 - nu) * (K @ colnorm.unsqueeze(-1)).squeeze(-1)
+    rel = d * (2.0 * s.sqrt() + d) / var
+    mean, var = untransform(gp, L, mean, var)
+    return mean, var.sqrt(), columns(rel, L)  # rel: invariant under Standardize's scaling
