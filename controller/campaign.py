@@ -70,6 +70,7 @@ class Campaign:
             self.store = _store
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._fatal: PolicyFallbackError | None = None
         try:
             self._setup()
         except BaseException:
@@ -248,6 +249,7 @@ class Campaign:
         best = self.best_value()
         front = [r for r in records if r.status == "completed"]
         front_note = self._front_note(front, None)
+        ready: list[Proposal] = []  # computed ahead while every worker was busy; not yet journaled
         old_handlers = self._install_signal_handlers()
         self.reporter.start(cfg.name, total, completed)
         clean = False
@@ -256,9 +258,9 @@ class Campaign:
                 if self._abandon.is_set():
                     stopped = "interrupted"
                     break
-                in_flight = len(executor.running()) + len(backlog)
-                if self._stop.is_set():
-                    if in_flight == 0:
+                in_flight = len(executor.running()) + len(backlog) + len(ready)
+                if self._stop.is_set():  # finish what runs; what waits in the backlog stays journaled for resume
+                    if not executor.running():
                         stopped = finishing or "stopped by request"
                         break
                 else:
@@ -268,19 +270,26 @@ class Campaign:
                         continue
                     while backlog and executor.free_slots():
                         self._submit(executor, backlog.pop(0))
+                    while ready and executor.free_slots():
+                        self._submit(executor, self._new_trial(ready.pop(0), pending))
                     room = executor.free_slots()
                     if total is not None:
                         room = min(room, total - completed - in_flight)
                     if room > 0:
                         new = self._propose(history, room, list(pending.values()))
                         for prop in new:
-                            trial = self._journal_new_trial(prop)
-                            pending[trial.id] = prop
-                            self._count_fallback(trial.id, prop)
-                            self._submit(executor, trial)
+                            self._submit(executor, self._new_trial(prop, pending))
                         if not new and in_flight == 0:
                             stopped = "no candidates left"
                             break
+                    ahead = min(cfg.executor.lookahead - len(ready), (total - completed - in_flight) if total is not None else 1)
+                    if ahead > 0 and not executor.free_slots() and not self._stop.is_set():
+                        # Every worker is busy: the next proposals are computed now, with the running trials
+                        # pending, and measured as soon as a worker frees. They are journaled only then: a run
+                        # that stops first discards them, and a resume proposes afresh from its history.
+                        for prop in self._propose(history, ahead, list(pending.values()) + ready):
+                            prop.reason["computed_ahead"] = {"history": len(history), "pending": len(pending) + len(ready)}
+                            ready.append(prop)
                 for result in executor.completed(timeout=0.25):
                     outcome, rec = self._handle(result, history, pending)
                     if outcome == "retry":
@@ -305,6 +314,8 @@ class Campaign:
             if callable(close):
                 close()
             self.reporter.finish()
+        if self._fatal is not None:
+            raise self._fatal
         return self.summary(stopped or "budget reached", time.time() - t0)
 
     def _wind_down(self, executor, history: History, pending: dict[int, Proposal], graceful: bool) -> None:
@@ -361,17 +372,26 @@ class Campaign:
         kind = self.config.policy.kind
         try:
             return self.policy.propose(history, n, pending)
-        except PolicyFallbackError:
-            raise
+        except PolicyFallbackError as exc:
+            return self._strict_stop(exc)
         except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
             why = f"policy error: {type(exc).__name__}: {exc}"
             if self.strict:
-                raise PolicyFallbackError(kind, why) from exc
+                error = PolicyFallbackError(kind, why)
+                error.__cause__ = exc
+                return self._strict_stop(error)
             log.exception("policy %s failed; using Sobol points for this step", kind)
             props = SobolPolicy(self.problem).propose(history, n, pending)
             for p in props:
                 p.reason["fallback"] = why
             return props
+
+    def _strict_stop(self, error: PolicyFallbackError) -> list[Proposal]:
+        """Strict mode: no proposal; the trials in flight finish and are recorded, then run() raises `error`."""
+        log.error("%s; finishing the trials in flight, then stopping", error)
+        self._fatal = self._fatal or error
+        self._stop.set()
+        return []
 
     def _count_fallback(self, trial_id: int, prop: Proposal) -> None:
         """Tally a proposal made by a fallback; the first of each reason is printed, whatever the verbosity."""
@@ -380,6 +400,13 @@ class Campaign:
             log.warning("trial %d: policy %s fell back: %s", trial_id, self.config.policy.kind, first)
             self.reporter.message(f"trial {trial_id}: policy {self.config.policy.kind} fell back: {first} "
                                   "(counted as 'fallbacks' in the progress line and the summary)")
+
+    def _new_trial(self, prop: Proposal, pending: dict[int, Proposal]) -> Trial:
+        """Journal a proposal as a new trial ('proposed'), pending from now on, its fallback counted."""
+        trial = self._journal_new_trial(prop)
+        pending[trial.id] = prop
+        self._count_fallback(trial.id, prop)
+        return trial
 
     def _journal_new_trial(self, prop: Proposal) -> Trial:
         if prop.pool_index is not None:

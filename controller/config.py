@@ -209,6 +209,11 @@ class ExecutorConfig(Strict):
     workers: int = Field(1, ge=1)
     timeout: float | None = Field(None, description="seconds (or '5m') one measurement may take")
     attempts: int = Field(3, ge=1, description="tries per trial before it is journaled failed")
+    lookahead: int = Field(
+        1, ge=0, description="proposals computed ahead, while every worker is busy, so that a free worker never "
+        "waits for the policy; measured next, or discarded if the run stops first (0: propose only for a free worker, "
+        "with every result so far in the model)",
+    )
     address: str | None = None
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -238,3 +238,37 @@ def test_ray_abort_all_returns_finished_results_and_kills_the_rest(tmp_path: Pat
         ex.shutdown()
     finally:
         ray.shutdown()
+
+
+@linux_only
+@pytest.mark.parametrize("how", ["second-sigint", "sigkill"])
+def test_aec_itself_leaves_no_process_of_a_command_behind(write_campaign, workdir, how):
+    """`aec run` with a command instrument: two SIGINTs, or a SIGKILL, and the whole tree is gone."""
+    pids = workdir / "pids.txt"
+    (workdir / "tree.sh").write_text(TREE)
+    path = write_campaign("tree", trials=3, instrument={"kind": "command", "argv": ["sh", str(workdir / "tree.sh"), str(pids)]})
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", str(path), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not pids.exists() or len(pids.read_text().split()) < 4):
+        time.sleep(0.05)
+    tree = [int(p) for p in pids.read_text().split()]
+    assert len(tree) == 4 and all(_alive(p) for p in tree)
+    if how == "sigkill":
+        proc.kill()
+    else:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.05)
+    assert not [p for p in tree if _alive(p)]
+    if how == "second-sigint":
+        assert proc.returncode == 130
+        from controller import Store
+
+        with Store(workdir / "tree.db") as s:
+            (rec,) = s.trials()
+        assert rec.status == "abandoned" and "aborted" in rec.error

@@ -284,3 +284,21 @@ def test_wall_time_counts_across_resumes(write_campaign, workdir):
     again = _run("resume", str(workdir / "wall.db"), "--json", env={"AEC_TEST_SLEEP": "0.2"})
     assert json.loads(again.stdout)["stopped"] == "wall time reached"
     assert len(_completed_events(workdir / "wall.db")) <= n + 1
+
+
+# -- the instrument never waits for the policy --------------------------------------------------
+
+
+def test_with_one_worker_the_next_proposal_is_computed_while_the_trial_runs(write_campaign):
+    runs = []
+    for lookahead in (1, 1, 0):
+        c = _campaign(write_campaign, f"ahead{len(runs)}", "fns:branin", trials=8, policy={"kind": "sobol"},
+                      executor={"workers": 1, "lookahead": lookahead})
+        c.run()
+        runs.append(c.store.trials())
+        c.close()
+    ahead = [r.reason.get("computed_ahead") for r in runs[0]]
+    assert ahead[0] is None  # the first proposal has no trial to overlap
+    assert ahead[1:] == [{"history": r.id - 1, "pending": 1} for r in runs[0][1:]]
+    assert [r.params for r in runs[0]] == [r.params for r in runs[1]]  # same file and seed, same campaign
+    assert all("computed_ahead" not in r.reason for r in runs[2])
