@@ -34,17 +34,21 @@ def sleepy(params: dict) -> dict:
     return {"y": sum((params[f"x{i}"] - 0.3) ** 2 for i in range(4))}
 
 
+def _config(function: str, policy: str, executor: dict, trials: int, store: Path):
+    """A 4-d campaign measuring this module's `function`."""
+    return parse_config({
+        "name": function, "seed": 0,
+        "space": {"parameters": [{"name": f"x{i}", "type": "real", "low": 0, "high": 1} for i in range(4)]},
+        "objectives": [{"metric": "y"}],
+        "instrument": {"kind": "function", "target": f"loop_overhead:{function}"},
+        "policy": {"kind": policy}, "executor": executor, "budget": {"trials": trials}, "store": str(store),
+    }, base_dir=Path(__file__).parent)
+
+
 def idle_fraction(trials: int, lookahead: int) -> dict:
     """Instrument idle time over wall time, from the first measurement's start to the last one's end."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "name": "idle", "seed": 0,
-            "space": {"parameters": [{"name": f"x{i}", "type": "real", "low": 0, "high": 1} for i in range(4)]},
-            "objectives": [{"metric": "y"}],
-            "instrument": {"kind": "function", "target": "loop_overhead:sleepy"},
-            "policy": {"kind": "botorch"}, "executor": {"workers": 1, "lookahead": lookahead},
-            "budget": {"trials": trials}, "store": str(Path(tmp) / "i.db"),
-        }, base_dir=Path(__file__).parent)
+        cfg = _config("sleepy", "botorch", {"workers": 1, "lookahead": lookahead}, trials, Path(tmp) / "i.db")
         campaign = Campaign(cfg, reporter=SilentReporter())
         campaign.run()
         recs = [r for r in campaign.store.trials() if r.status == "completed"]
@@ -71,14 +75,7 @@ class _Checkpoints(SilentReporter):
 
 def run(trials: int, workers: int, trace: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "name": "overhead", "seed": 0,
-            "space": {"parameters": [{"name": f"x{i}", "type": "real", "low": 0, "high": 1} for i in range(4)]},
-            "objectives": [{"metric": "y"}],
-            "instrument": {"kind": "function", "target": "loop_overhead:zero"},
-            "policy": {"kind": "random"}, "executor": {"workers": workers},
-            "budget": {"trials": trials}, "store": str(Path(tmp) / "o.db"),
-        }, base_dir=Path(__file__).parent)
+        cfg = _config("zero", "random", {"workers": workers}, trials, Path(tmp) / "o.db")
         marks = sorted({trials // 10, trials // 2, trials})
         reporter = _Checkpoints(marks)
         if trace:

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write figures and an HTML report beside the store")
     p.add_argument("store")
+    p.add_argument("--out", help="folder for the report (default STORE.report/; needed for a store on read-only media)")
     _add_common(p)
 
     p = sub.add_parser("triage", help="score arrays for novelty offline and keep a budgeted subset")
@@ -301,9 +302,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from controller.report import write_html
 
     with _open_store(args.store) as store:
-        page = write_html(store)
+        page = write_html(store, Path(args.out) if args.out else None)
     if args.json:
-        print(json.dumps({"report": str(page)}))
+        print(_dumps({"report": str(page)}))
     elif not args.quiet:
         print(f"report: {page}")
     return 0

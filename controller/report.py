@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from controller.results import feasible, pareto_summary
+from controller.errors import UserError
 from controller.store import Store, TrialRecord
 from policies.base import Objective, OutcomeConstraint
 
@@ -99,15 +100,14 @@ def scan_figure(records: list[TrialRecord], names: list[str], metric: str, path:
     return path
 
 
-def write_figures(store: Store) -> list[Path]:
-    """Write the PNG figures that fit this campaign into `<store>.report/`; returns their paths."""
+def write_figures(store: Store, out: Path | None = None) -> list[Path]:
+    """Write the PNG figures that fit this campaign into `out` (default `<store>.report/`); returns their paths."""
     config = store.get_meta("config")
     objectives, constraints = _problem(config)
     records = store.trials()
     if not any(r.status == "completed" for r in records):
         return []
-    out = report_dir(store.path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _writable(out or report_dir(store.path))
     paths = []
     if len(objectives) == 1:
         paths.append(convergence_figure(records, objectives[0], constraints, out / "convergence.png"))
@@ -121,9 +121,10 @@ def write_figures(store: Store) -> list[Path]:
     return paths
 
 
-def write_html(store: Store) -> Path:
-    """An index.html with the figures and a table of trials."""
-    figures = write_figures(store)
+def write_html(store: Store, out: Path | None = None) -> Path:
+    """An index.html with the figures and a table of trials, in `out` (default `<store>.report/`)."""
+    out = _writable(out or report_dir(store.path))
+    figures = write_figures(store, out)
     config = store.get_meta("config")
     records = store.trials()
     metrics = sorted({m for r in records for m in r.metrics})
@@ -138,10 +139,20 @@ def write_html(store: Store) -> Path:
     page = (f"<!doctype html><meta charset=utf-8><title>aec: {html.escape(config['name'])}</title>"
             f"<h1>{html.escape(config['name'])}</h1><p>{len(records)} trials, store {html.escape(str(store.path))}</p>"
             f"{imgs}<table border=1 cellspacing=0 cellpadding=3><tr>{head}</tr>{rows}</table>")
-    out = report_dir(store.path)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+def _writable(folder: Path) -> Path:
+    """`folder`, created; a UserError naming it (and --out) when it cannot be written, e.g. on read-only media."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".aec-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot write the report there ({exc.strerror}); pass --out DIR") from None
+    return folder
 
 
 def _fmt(v: Any) -> str:

@@ -139,6 +139,9 @@ def test_a_read_only_store_opens_for_reading_without_a_wal(write_campaign, workd
     os.chmod(workdir / "imm.db", 0o444)
     with Store(workdir / "imm.db") as s:
         assert len(s.trials()) == 2
+    report = _run("report", str(workdir / "imm.db"), "--out", str(workdir / "elsewhere"), "--json")
+    assert report.returncode == 0, report.stderr
+    assert (workdir / "elsewhere" / "index.html").exists() and (workdir / "elsewhere" / "convergence.png").exists()
 
 
 def test_a_trial_is_completed_once_whatever_the_writer_does(tmp_path):
