@@ -282,6 +282,7 @@ class Campaign:
                         if not new and in_flight == 0:
                             stopped = "no candidates left"
                             break
+                    in_flight = len(executor.running()) + len(backlog) + len(ready)  # with this iteration's submissions
                     ahead = min(cfg.executor.lookahead - len(ready), (total - completed - in_flight) if total is not None else 1)
                     if ahead > 0 and not executor.free_slots() and not self._stop.is_set():
                         # Every worker is busy: the next proposals are computed now, with the running trials

@@ -7,16 +7,48 @@ read `space.parameters[2].low: must be < high`.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 
 from controller.durations import parse_duration
 from controller.errors import UserError
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+
+MAX_GRID_ROWS = 10**7
+"""A grid pool is materialised as a table; beyond this many rows it would not fit in memory."""
+MAX_SEED = 2**32
+"""Seeds go to numpy's and torch's generators, and through Ax to `numpy.random.seed`, which takes < 2**32."""
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML's `true` is not a number: pydantic's lax mode would read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+"""An int that refuses booleans (`trials: true`)."""
+Finite = Annotated[float, BeforeValidator(_no_bool), AllowInfNan(False)]
+"""A finite float that refuses booleans: .inf and .nan cannot be encoded, compared or fed to a model."""
+
+
+def _metric_name(value: Any) -> Any:
+    """Metric names are data-set column names: any non-empty text without control characters, kept exact."""
+    if isinstance(value, str) and (not value or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)):
+        raise ValueError("a metric name must be non-empty text without control characters (tabs, newlines); "
+                         "spaces, parentheses and units such as 'Conductivity (S/cm)' are fine")
+    return value
+
+
+MetricName = Annotated[str, BeforeValidator(_metric_name)]
 
 
 class Strict(BaseModel):
@@ -26,8 +58,8 @@ class Strict(BaseModel):
 class ParameterConfig(Strict):
     name: str = Field(pattern=NAME)
     type: Literal["real", "integer", "choice"]
-    low: float | None = None
-    high: float | None = None
+    low: Finite | None = None
+    high: Finite | None = None
     log: bool = False
     values: list[str | int | float | bool] | None = None
 
@@ -47,6 +79,9 @@ class ParameterConfig(Strict):
             raise ValueError(f"a {self.type} parameter needs both 'low' and 'high'")
         if not self.low < self.high:
             raise ValueError(f"low must be < high (got low={self.low:g}, high={self.high:g})")
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(f"high - low must be a finite number (got low={self.low:g}, high={self.high:g}); "
+                             "the range is too wide to map onto [0, 1]")
         if self.type == "integer" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ValueError("an integer parameter needs whole-number low and high")
         if self.log and self.low <= 0:
@@ -57,9 +92,9 @@ class ParameterConfig(Strict):
 class GridAxis(Strict):
     """One axis of a grid pool: low, high and the number of points."""
 
-    low: float
-    high: float
-    count: int = Field(ge=1)
+    low: Finite
+    high: Finite
+    count: Int = Field(ge=1)
 
 
 def _grid_axis(value: Any) -> Any:
@@ -90,6 +125,12 @@ class PoolConfig(Strict):
             raise ValueError("a pool needs exactly one of 'grid', 'file' or 'simulator: true'")
         if self.grid is not None and not self.grid:
             raise ValueError("'grid' needs at least one axis")
+        if self.grid is not None:
+            rows = math.prod(a.count for a in self.grid.values())
+            if rows > MAX_GRID_ROWS:
+                product = " x ".join(str(a.count) for a in self.grid.values())
+                raise ValueError(f"the grid has {product} = {rows} rows; at most {MAX_GRID_ROWS} are allowed "
+                                 "(use fewer points per axis, or parameters instead of a pool)")
         return self
 
 
@@ -105,8 +146,7 @@ class SpaceConfig(Strict):
         if self.parameters is not None:
             if not self.parameters:
                 raise ValueError("'parameters' is empty; list at least one parameter")
-            names = [p.name for p in self.parameters]
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            dupes = sorted(n for n, k in Counter(p.name for p in self.parameters).items() if k > 1)
             if dupes:
                 raise ValueError(f"parameter names must be unique; repeated: {', '.join(dupes)}")
         return self
@@ -126,9 +166,9 @@ def _metric_range(value: Any) -> tuple[float, float] | None:
 
 
 class ObjectiveConfig(Strict):
-    metric: str = Field(pattern=NAME)
+    metric: MetricName
     goal: Literal["minimize", "maximize"] = "minimize"
-    threshold: float | None = None
+    threshold: Finite | None = None
     range: tuple[float, float] | None = Field(None, description="readings outside [lo, hi] fail the trial")
 
     @field_validator("range", mode="before")
@@ -138,9 +178,9 @@ class ObjectiveConfig(Strict):
 
 
 class OutcomeConstraintConfig(Strict):
-    metric: str = Field(pattern=NAME)
+    metric: MetricName
     op: Literal["<=", ">="]
-    bound: float
+    bound: Finite
     range: tuple[float, float] | None = Field(None, description="readings outside [lo, hi] fail the trial")
 
     @field_validator("range", mode="before")
@@ -153,6 +193,15 @@ class FunctionInstrumentConfig(Strict):
     kind: Literal["function"]
     target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:function")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("target")
+    @classmethod
+    def _module_not_file(cls, value: str) -> str:
+        module, _, func = value.partition(":")
+        if module.endswith(".py"):
+            raise ValueError(f"{value!r} names a file; expected 'module:function', "
+                             f"e.g. '{module[:-3]}:{func}' for {module} beside the campaign file")
+        return value
 
 
 class CommandInstrumentConfig(Strict):
@@ -171,7 +220,7 @@ class SimulatorInstrumentConfig(Strict):
 class RecordedInstrumentConfig(Strict):
     kind: Literal["recorded"]
     file: str
-    metrics: list[str] | None = None
+    metrics: list[MetricName] | None = None
 
 
 InstrumentConfig = Annotated[
@@ -206,17 +255,17 @@ class SelectionConfig(BaseModel):
 
 class ExecutorConfig(Strict):
     kind: Literal["local", "ray"] = "local"
-    workers: int = Field(1, ge=1)
+    workers: Int = Field(1, ge=1)
     timeout: float | None = Field(None, description="seconds (or '5m') one measurement may take")
-    attempts: int = Field(3, ge=1, description="tries per trial before it is journaled failed")
-    lookahead: int = Field(
+    attempts: Int = Field(3, ge=1, description="tries per trial before it is journaled failed")
+    lookahead: Int = Field(
         1, ge=0, description="proposals computed ahead, while every worker is busy, so that a free worker never "
         "waits for the policy; measured next, or discarded if the run stops first (0: propose only for a free worker, "
         "with every result so far in the model)",
     )
     address: str | None = None
-    gpus_per_worker: float = Field(0.0, ge=0)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: Finite = Field(0.0, ge=0)
+    cpus_per_worker: Finite = Field(1.0, gt=0)
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -231,9 +280,9 @@ class ExecutorConfig(Strict):
 
 
 class StopWhen(Strict):
-    metric: str
-    below: float | None = None
-    above: float | None = None
+    metric: MetricName
+    below: Finite | None = None
+    above: Finite | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> "StopWhen":
@@ -243,10 +292,10 @@ class StopWhen(Strict):
 
 
 class BudgetConfig(Strict):
-    trials: int | None = Field(None, ge=1)
+    trials: Int | None = Field(None, ge=1)
     wall_time: float | None = None
     stop_when: StopWhen | list[StopWhen] | None = None
-    max_failures: int | None = Field(None, ge=0, description="stop after this many failed trials")
+    max_failures: Int | None = Field(None, ge=0, description="stop after this many failed trials")
 
     @field_validator("wall_time", mode="before")
     @classmethod
@@ -267,7 +316,7 @@ class BudgetConfig(Strict):
 
 class CampaignConfig(Strict):
     name: str = Field(pattern=NAME)
-    seed: int = 0
+    seed: Int = Field(0, ge=0, lt=MAX_SEED, description="seeds numpy, torch and Ax: 0 <= seed < 2**32")
     description: str | None = None
     space: SpaceConfig | None = None
     objectives: list[ObjectiveConfig] = Field(min_length=1)
@@ -283,8 +332,7 @@ class CampaignConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "CampaignConfig":
-        metrics = [o.metric for o in self.objectives]
-        dupes = sorted({m for m in metrics if metrics.count(m) > 1})
+        dupes = sorted(m for m, k in Counter(o.metric for o in self.objectives).items() if k > 1)
         if dupes:
             raise ValueError(f"objectives name the same metric twice: {', '.join(dupes)}")
         if self.space is None and self.instrument.kind != "simulator":
@@ -313,7 +361,7 @@ def format_location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _TAGS or str(part).startswith(("function-after", "union[")):
+        elif part in _TAGS or str(part).startswith(("function-after", "union[", "list[function-after")):
             continue
         else:
             out += ("." if out else "") + str(part)
@@ -330,6 +378,8 @@ def _clean_message(msg: str) -> str:
 def validation_problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
+        if err["type"] == "list_type" and any(str(p).startswith("list[") for p in err["loc"]):
+            continue  # the other branch of `X | list[X]`: the error of the branch that was meant says more
         loc = format_location(tuple(err["loc"]))
         msg = _clean_message(err["msg"])
         if err["type"] == "extra_forbidden":
@@ -344,6 +394,79 @@ def validation_problems(exc: ValidationError) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
+MAX_YAML_NODES = 10**6
+"""Nodes a campaign file may expand to, aliases counted at every use: a 513-byte alias bomb expands to billions."""
+
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: ~10x faster when present
+
+
+class CampaignLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """YAML's safe loader that refuses duplicate keys (YAML would keep the last silently) and alias bombs."""
+
+    has_anchors = True  # set per file: without an '&' there is no alias to expand, and the count is skipped
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if self.has_anchors and _expanded_size(node) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the file expands to more than {MAX_YAML_NODES} values (aliases counted at every use); "
+                "refusing it", node.start_mark)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]}, again on line {line}); "
+                        "YAML would silently keep only the last", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Number of nodes once every alias is expanded, computed in linear time over distinct nodes (iterative)."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in _children(node))
+            continue
+        if key in size:
+            continue
+        if key in open_:  # a recursive alias: infinite once expanded
+            return MAX_YAML_NODES + 1
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+    return size[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}; JSON would silently keep only the last")
+        out[key] = value
+    return out
+
+
 def read_campaign_file(path: Path) -> dict[str, Any]:
     """Parse YAML or JSON into a dict; UserError names the file, line and what is wrong."""
     if not path.exists():
@@ -353,15 +476,25 @@ def read_campaign_file(path: Path) -> dict[str, Any]:
     text = path.read_text()
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         else:
-            data = yaml.safe_load(text)
+            loader = CampaignLoader(text)
+            loader.has_anchors = "&" in text
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except ValueError as exc:  # a duplicate JSON key, or a YAML scalar its constructor refuses (e.g. a bad date)
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise UserError(f"{path}: not valid {kind}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections (name, space, objectives, ...) at the top level")
     return data
@@ -383,7 +516,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str
 
 def _section_problems(cfg: CampaignConfig) -> list[str]:
     """Problems that need the policy's and selector's own models, and the space's constraint parser."""
-    from controller.space import SpaceError, parse_linear_constraint
+    from controller.space import SpaceError, infeasible_constraints, parse_linear_constraint
     from policies import PolicyConfigError, validate_options
 
     problems: list[str] = []
@@ -399,11 +532,15 @@ def _section_problems(cfg: CampaignConfig) -> list[str]:
                          for i, item in enumerate(items) if item.metric == "novelty"]
     if cfg.space is not None and cfg.space.parameters:
         params = {p.name: p for p in cfg.space.parameters}
+        linear = []
         for i, text in enumerate(cfg.space.constraints):
             try:
-                parse_linear_constraint(text, params)
+                linear.append(parse_linear_constraint(text, params))
             except SpaceError as exc:
                 problems.append(f"space.constraints[{i}]: {exc}")
+        empty = None if len(linear) < len(cfg.space.constraints) else infeasible_constraints(params, linear)
+        if empty:
+            problems.append(f"space.constraints: {empty}")
     return problems
 
 
@@ -420,7 +557,12 @@ def _selection_problems(cfg: CampaignConfig) -> list[str]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
-    """Read, override (e.g. {'seed': 3, 'budget.trials': 10}) and validate a campaign file."""
+    """Read, override (e.g. {'seed': 3, 'budget.trials': 10}) and validate a campaign file.
+
+    Beyond the file's shape this checks what `aec run` needs at start-up (controller.preflight:
+    the function imports, files and programs exist, the simulator takes its options and produces
+    the metrics named), so `aec validate` and `aec run` accept and refuse the same files.
+    """
     path = Path(path)
     data = read_campaign_file(path)
     for dotted, value in (overrides or {}).items():
@@ -431,7 +573,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ca
             if not isinstance(node, dict):
                 raise UserError(f"{path}: cannot override {dotted}: {key} is not a section")
         node[leaf] = value
-    return parse_config(data, base_dir=path.parent, source=str(path))
+    cfg = parse_config(data, base_dir=path.parent, source=str(path))
+    from controller.preflight import environment_problems  # imports instruments and simulators: only when needed
+
+    problems = environment_problems(cfg)
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s)", [f"{path}: {p}" for p in problems])
+    return cfg
 
 
 def config_to_dict(cfg: CampaignConfig) -> dict[str, Any]:

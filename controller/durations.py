@@ -1,6 +1,7 @@
 """Durations as people write them in campaign files: 90, "90s", "30m", "2h", "1d", "1h30m"."""
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -9,9 +10,11 @@ _PART = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd])")
 
 def parse_duration(value: float | int | str) -> float:
     """Seconds in `value`; ValueError with the accepted forms when it is not a duration."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError("must be a positive duration")
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; expected e.g. 90, '90s', '30m', '2h', '1h30m'")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a positive, finite duration")
         return float(value)
     text = str(value).strip().lower().replace(" ", "")
     try:
@@ -21,8 +24,8 @@ def parse_duration(value: float | int | str) -> float:
         if not parts or "".join(n + u for n, u in parts) != text:
             raise ValueError(f"{value!r} is not a duration; expected e.g. 90, '90s', '30m', '2h', '1h30m'") from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError("must be a positive duration")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a positive, finite duration")
     return seconds
 
 

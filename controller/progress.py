@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from controller.durations import format_duration
 
@@ -28,35 +28,56 @@ def status_note(note: str, failed: int, fallbacks: int) -> str:
 
 
 class LogReporter:
-    """Logs a progress line with rate and ETA at most every `every` seconds."""
+    """A plain progress line (done/total, failed, fallbacks, best, rate, ETA) at most every `every` seconds,
+    and a last one at the end. With `stream` (the CLI passes stderr when it is not a terminal) the lines are
+    written there directly, so `aec run ... > log 2>&1` shows progress without any logging set up; without
+    one they go to the `aec` logger at INFO (the library's default).
+    """
 
-    def __init__(self, every: float = 10.0):
+    def __init__(self, every: float = 10.0, stream: TextIO | None = None):
         self.every = every
+        self.stream = stream
+        self.name = ""
         self.total: int | None = None
         self._t0 = self._last = time.time()
         self._done0 = 0
+        self._unsaid: tuple[int, int, float | None, str, int] | None = None  # the latest state not yet printed
 
     def start(self, name: str, total: int | None, done: int) -> None:
         self.name, self.total, self._done0 = name, total, done
         self._t0 = self._last = time.time()
-        log.info("campaign %s: %d of %s trials done", name, done, total if total is not None else "?")
+        self._emit(f"campaign {name}: {done} of {total if total is not None else '?'} trials done")
 
     def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None:
         now = time.time()
+        self._unsaid = (done, failed, best, note, fallbacks)
         if now - self._last < self.every and (self.total is None or done < self.total):
             return
         self._last = now
+        self._say(now)
+
+    def _say(self, now: float) -> None:
+        assert self._unsaid is not None
+        done, failed, best, note, fallbacks = self._unsaid
+        self._unsaid = None
         rate = (done - self._done0) / max(now - self._t0, 1e-9)
         eta = (self.total - done) / rate if self.total and rate > 0 else None
-        log.info("%s: %d/%s done, %d failed, fallbacks: %d, best %s, %.2f trials/s, ETA %s%s", self.name, done,
-                 self.total if self.total is not None else "?", failed, fallbacks, "-" if best is None else f"{best:.6g}",
-                 rate, "-" if eta is None else format_duration(eta), f", {note}" if note else "")
+        self._emit(f"{self.name}: {done}/{self.total if self.total is not None else '?'} done, {failed} failed, "
+                   f"fallbacks: {fallbacks}, best {'-' if best is None else f'{best:.6g}'}, {rate:.2f} trials/s, "
+                   f"ETA {'-' if eta is None else format_duration(eta)}{f', {note}' if note else ''}")
+
+    def _emit(self, text: str) -> None:
+        if self.stream is None:
+            log.info(text)
+        else:
+            print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
-        log.info(text)
+        self._emit(text)
 
     def finish(self) -> None:
-        pass
+        if self._unsaid is not None:
+            self._say(time.time())
 
 
 class RichReporter:

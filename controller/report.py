@@ -102,7 +102,7 @@ def scan_figure(records: list[TrialRecord], names: list[str], metric: str, path:
 
 def write_figures(store: Store, out: Path | None = None) -> list[Path]:
     """Write the PNG figures that fit this campaign into `out` (default `<store>.report/`); returns their paths."""
-    config = store.get_meta("config")
+    config = store.config()
     objectives, constraints = _problem(config)
     records = store.trials()
     if not any(r.status == "completed" for r in records):
@@ -125,7 +125,7 @@ def write_html(store: Store, out: Path | None = None) -> Path:
     """An index.html with the figures and a table of trials, in `out` (default `<store>.report/`)."""
     out = _writable(out or report_dir(store.path))
     figures = write_figures(store, out)
-    config = store.get_meta("config")
+    config = store.config()
     records = store.trials()
     metrics = sorted({m for r in records for m in r.metrics})
     params = sorted({p for r in records for p in r.params})

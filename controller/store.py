@@ -196,7 +196,11 @@ class Store:
         if self.writer:
             self._unique_events()
         self.data_dir = self.path.with_name(self.path.name + ".data")
-        self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        try:
+            self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"{self.path}: the store is damaged ({exc})") from None
         self._trials: dict[int, TrialRecord] | None = None
 
     @property
@@ -257,6 +261,9 @@ class Store:
         except sqlite3.IntegrityError:  # a store journaled before the index, by two writers at once
             log.warning("%s: some trials were journaled proposed or completed twice (before aec enforced one writer); "
                         "`aec export` shows the last of each", self.path)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"{self.path}: the store is damaged ({exc})") from None
 
     # meta and checkpoints -------------------------------------------------------------------
 
@@ -264,8 +271,21 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return default if row is None else json.loads(row[0])
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: the store is damaged ({exc}) reading meta {key!r}") from None
+        except json.JSONDecodeError:
+            raise UserError(f"{self.path}: the store is damaged (meta {key!r} is not JSON)") from None
+
+    def config(self) -> dict[str, Any]:
+        """The stored campaign configuration; a UserError naming the store when it is missing (a damaged store)."""
+        config = self.get_meta("config")
+        if not isinstance(config, dict):
+            raise UserError(f"{self.path}: holds no campaign configuration (meta 'config' is missing); "
+                            "the store is damaged or was not written by aec")
+        return config
 
     def save_checkpoint(self, name: str, blob: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (name, time.time(), sqlite3.Binary(blob)))
@@ -322,16 +342,32 @@ class Store:
         return out
 
     def events(self) -> Iterator[tuple[int, int, str, int, float, dict[str, Any]]]:
-        for seq, tid, kind, attempt, t, payload in self.db.execute(
-            "SELECT seq, trial_id, kind, attempt, time, payload FROM events ORDER BY seq"
-        ):
-            yield seq, tid, kind, attempt, t, json.loads(payload)
+        """The journal in order; a damaged file or a non-JSON payload is a UserError naming the store and seq."""
+        seq = None
+        try:
+            for seq, tid, kind, attempt, t, payload in self.db.execute(
+                "SELECT seq, trial_id, kind, attempt, time, payload FROM events ORDER BY seq"
+            ):
+                try:
+                    data = json.loads(payload)
+                except (json.JSONDecodeError, TypeError):
+                    raise UserError(f"{self.path}: the store is damaged (event seq {seq}: payload is not JSON)") from None
+                yield seq, tid, kind, attempt, t, data
+        except sqlite3.DatabaseError as exc:
+            where = "before the first event" if seq is None else f"after event seq {seq}"
+            raise UserError(f"{self.path}: the store is damaged ({exc}, {where})") from None
 
     def replay(self) -> dict[int, TrialRecord]:
-        """Trial states rebuilt from the journal alone."""
+        """Trial states rebuilt from the journal alone; an event that cannot be folded is a UserError."""
         trials: dict[int, TrialRecord] = {}
         for seq, tid, kind, attempt, t, payload in self.events():
-            apply_event(trials, tid, kind, attempt, t, payload, seq)
+            try:
+                apply_event(trials, tid, kind, attempt, t, payload, seq)
+            except KeyError as exc:
+                what = f"unknown trial id {tid}" if tid not in trials else f"missing field {exc}"
+                raise UserError(f"{self.path}: the store is damaged (event seq {seq}, {kind}: {what})") from None
+            except (TypeError, AttributeError) as exc:
+                raise UserError(f"{self.path}: the store is damaged (event seq {seq}, {kind}: {exc})") from None
         return trials
 
     def trials(self) -> list[TrialRecord]:

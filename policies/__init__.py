@@ -1,4 +1,4 @@
-"""Policies: what to measure next (baselines, BoTorch, Ax, RL) and what data to keep (novelty).
+"""Policies: what to measure next (baselines, BoTorch, Ax) and what data to keep (novelty).
 
 Each policy module defines a pydantic `Options` model (its keys in the campaign file's `policy:`
 section, besides `kind`) and a policy class built as `Cls(problem, options)`. `make_policy`
@@ -35,7 +35,6 @@ POLICY_KINDS: dict[str, str] = {
     "raster": "policies.baselines:GridPolicy",
     "botorch": "policies.bayesian:BotorchPolicy",
     "ax": "policies.ax:AxPolicy",
-    "rl": "policies.rl:RLPolicy",
 }
 
 

@@ -113,7 +113,8 @@ def test_fresh_instance_replays_history_with_failures_and_proposes_a_new_point()
     statuses = [s for s, _ in ax_trials(policy).values()]
     assert statuses == ["COMPLETED"] * 3 + ["FAILED", "RUNNING"]
     assert ((p.x >= 0) & (p.x <= 1)).all()
-    assert not any(np.allclose(p.x, o.x) for o in h.observations)
+    # a new point, not a replayed one: Sobol points of a 2-d design lie far more than 1e-3 apart
+    assert min(np.abs(p.x - o.x).max() for o in h.observations) > 1e-3
 
 
 def test_pending_trials_are_attached_as_running_and_not_proposed_again():
@@ -189,12 +190,15 @@ def test_branin_loop_reaches_ax_model_and_improves_on_the_initial_design():
     sim = TestFunctionSimulator("branin")
     policy = AxPolicy(Problem(space=unit_space(2), objectives=[Objective("y")], seed=0), AxPolicy.Options(initial=5))
     h = History()
-    proposals = run_loop(policy, sim, h, trials=8)
-    assert proposals[-1].reason["generation_node"] == "MBM"
+    proposals = run_loop(policy, sim, h, trials=12)
+    assert [p.reason["generation_node"] for p in proposals[5:]] == ["MBM"] * 7
     assert "predicted_mean" in proposals[-1].reason
     X = h.X(2)
     assert ((X >= 0) & (X <= 1)).all()
     assert len({tuple(np.round(x, 9)) for x in X}) == len(X)
+    y = [o.metrics["y"] for o in h.observations]
+    # seed 0: the initial design's best is 3.55; the model's trials reach 0.42 (Branin's minimum: 0.398)
+    assert min(y[5:]) < min(y[:5]) - 1.0 and min(y[5:]) < 1.0
 
 
 @pytest.mark.slow

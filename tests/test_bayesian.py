@@ -5,14 +5,11 @@ minute on two busy cores; the Branin comparison uses batches to keep model fits 
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 
-import simulators
 from policies import PolicyConfigError, PolicyFallbackError, make_policy, validate_options
 from policies.base import (
     EncodedSpace,
@@ -36,6 +33,7 @@ from policies.bayesian.models import (
 )
 from policies.bayesian.route import TravelCost, order_route, route_length
 from policies.baselines import RandomPolicy
+from tests.bayes_helpers import ACQUISITIONS, BRANIN, FAST, branin, cube, history, policy, quadratic
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
@@ -44,42 +42,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-FAST = dict(num_restarts=4, raw_samples=128, mc_samples=64, maxiter=50, ts_candidates=256, pool_shortlist=64)
-ACQUISITIONS = ["qlognei", "logei", "ucb", "ts", "variance"]
-
-
-def cube(d: int, **kw) -> EncodedSpace:
-    return EncodedSpace(names=[f"x{i}" for i in range(d)], levels=[None] * d, categorical=[False] * d, **kw)
-
-
-def policy(space: EncodedSpace, objectives=None, constraints=(), seed=0, move_cost=None, strict=None, **options) -> BotorchPolicy:
-    problem = Problem(
-        space=space, objectives=objectives or [Objective("y")], constraints=list(constraints),
-        move_cost=move_cost, seed=seed,
-    )
-    return BotorchPolicy(problem, BotorchPolicy.Options(**{**FAST, **options}), strict=strict)
-
-
-def history(X: np.ndarray, fn, pool_index=None) -> History:
-    H = History()
-    for i, x in enumerate(X):
-        H.append(Observation(trial_id=i, x=x, metrics=fn(x), pool_index=None if pool_index is None else int(pool_index[i])))
-    return H
-
-
-def quadratic(x: np.ndarray) -> dict[str, float]:
-    return {"y": float(((x - 0.3) ** 2).sum())}
-
-
-BRANIN = simulators.create("branin")
-LOW, HIGH = BRANIN.problem.bounds.numpy()
-
-
-def branin(x: np.ndarray) -> float:
-    native = torch.as_tensor(LOW + np.asarray(x) * (HIGH - LOW))[None]
-    return float(BRANIN.evaluate_tensor(native, noise=False)[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,10 +192,25 @@ def test_a_fully_discrete_space_never_repeats_a_measured_or_pending_point():
     assert len(props) == 2 and all(tuple(p.x) not in seen for p in props)
 
 
-def test_joint_batch_mode_returns_a_batch():
+def test_joint_batch_mode_optimises_the_batch_in_one_call(monkeypatch):
+    from policies.bayesian import search
+
+    calls = []
+    real = search._optimise_once
+
+    def spy(acqf, ctx, q=1, seed=0):
+        calls.append(q)
+        return real(acqf, ctx, q=q, seed=seed)
+
+    monkeypatch.setattr(search, "_optimise_once", spy)
     H = history(np.random.default_rng(6).random((10, 2)), quadratic)
     props = policy(cube(2), batch_mode="joint").propose(H, 3, [])
+    assert calls == [3]  # one joint q = 3 optimisation, not three greedy q = 1 ones
     assert len(props) == 3 and len({tuple(p.x) for p in props}) == 3
+    assert len({p.reason["acquisition_value"] for p in props}) == 1  # the batch's joint value
+    calls.clear()
+    policy(cube(2)).propose(H, 3, [])
+    assert calls == [1, 1, 1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,15 +242,26 @@ def test_an_almost_exhausted_pool_returns_what_is_left():
     assert policy(cube(2, pool=pool), initial=3).propose(H, 2, []) == []
 
 
-def test_a_pool_of_65536_candidates_is_scored_quickly():
+def test_a_pool_of_65536_candidates_is_scored_exactly_only_where_it_can_matter(monkeypatch):
+    """The pruned screen (fast path) scores exactly only the rows whose bound reaches the shortlist."""
+    from policies.bayesian import pool_search
+
     rng = np.random.default_rng(9)
     pool = rng.random((65536, 3))
     used = rng.choice(len(pool), 25, replace=False)
     H = history(pool[used], quadratic, pool_index=used)
     pol = policy(cube(3, pool=pool))
-    t = time.perf_counter()
+    exact_rows = []
+    real = pool_search.marginal_posterior
+
+    def counted(model, X, chunk=4096, bound=False):
+        if not bound:
+            exact_rows.append(len(X))
+        return real(model, X, chunk=chunk, bound=bound)
+
+    monkeypatch.setattr(pool_search, "marginal_posterior", counted)
     props = pol.propose(H, 2, [])
-    assert time.perf_counter() - t < 20.0
+    assert 0 < sum(exact_rows) < 0.25 * len(pool)
     assert len(props) == 2 and not {p.pool_index for p in props} & set(used.tolist())
     # the best pool rows are near (0.3, 0.3, 0.3); the proposals should be among the better rows
     assert max(quadratic(p.x)["y"] for p in props) < np.quantile([quadratic(x)["y"] for x in pool[:2000]], 0.1)
@@ -352,14 +340,20 @@ def test_multi_objective_on_a_pool_and_variance_for_mapping():
 # data quirks and fallbacks
 
 
-def test_failed_trials_stay_out_of_the_model_and_are_not_proposed_again():
-    rng = np.random.default_rng(13)
-    H = history(rng.random((8, 2)), quadratic)
-    bad = np.array([0.3, 0.3])  # the optimum, but the instrument faults there
+@pytest.mark.parametrize("acquisition", ["qlognei", "ucb"])
+def test_failed_trials_stay_out_of_the_model_and_are_not_proposed_again(acquisition):
+    """The instrument faults at the optimum (x = 0.3): without avoid_failed the policy goes right
+    there; with it (the default) the failed point counts as pending and the proposal moves away."""
+    X = np.array([0.0, 0.1, 0.2, 0.24, 0.36, 0.4, 0.5, 0.7, 0.9, 1.0])[:, None]
+    H = history(X, quadratic)
+    bad = np.array([0.3])
     H.append(Observation(trial_id=99, x=bad, metrics={}, status="failed"))
-    (p,) = policy(cube(2)).propose(H, 1, [])
-    assert p.reason["model"]["n_train"] == 8
-    assert np.abs(p.x - bad).max() > 1e-6
+    (avoiding,) = policy(cube(1), acquisition=acquisition).propose(H, 1, [])
+    (ignoring,) = policy(cube(1), acquisition=acquisition, avoid_failed=False).propose(H, 1, [])
+    assert avoiding.reason["model"]["n_train"] == 10  # the failed trial is not training data
+    near = float(np.abs(ignoring.x - bad).max())
+    assert near < 0.01  # the test is meaningful: the model alone would re-propose the failed point
+    assert float(np.abs(avoiding.x - bad).max()) > 2 * near + 0.005
 
 
 def test_reported_standard_errors_become_fixed_noise():
@@ -376,11 +370,11 @@ def test_a_failing_fit_is_retried_with_jitter_and_the_reason_says_so(monkeypatch
     real = models_module._optimise
     calls = []
 
-    def flaky(model, maxiter, warm=False):
+    def flaky(model, maxiter, warm=False, fast=True):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("cholesky_cpu: the factorization could not be completed (not PSD)")
-        return real(model, maxiter, warm)
+        return real(model, maxiter, warm, fast)
 
     monkeypatch.setattr(models_module, "_optimise", flaky)
     H = history(np.random.default_rng(15).random((8, 2)), quadratic)
@@ -665,3 +659,124 @@ def test_runs_on_cuda_when_available():
     H = history(np.random.default_rng(24).random((10, 2)), quadratic)
     (p,) = policy(cube(2), device="cuda").propose(H, 1, [])
     assert p.reason["acquisition"] == "qlognei" and "fallback" not in p.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# fast paths and the model's caches
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_fast_paths_off_uses_botorch_throughout_and_says_so(how, monkeypatch):
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+
+    from policies.bayesian import acquisition, models as models_module, pool_search
+
+    used = {"fit_exact_gp": 0, "pruned": 0}
+    real_fit, real_pruned = models_module.fit_exact_gp, pool_search._pruned_screen
+    monkeypatch.setattr(models_module, "fit_exact_gp", lambda *a, **k: used.__setitem__("fit_exact_gp", 1) or real_fit(*a, **k))
+    monkeypatch.setattr(pool_search, "_pruned_screen", lambda *a, **k: used.__setitem__("pruned", 1) or real_pruned(*a, **k))
+    built = []
+    real_build = acquisition.AcquisitionBuilder.build
+    monkeypatch.setattr(acquisition.AcquisitionBuilder, "build", lambda self, *a, **k: built.append(real_build(self, *a, **k)) or built[-1])
+    options = {}
+    if how == "option":
+        options["fast_paths"] = False
+    else:
+        monkeypatch.setenv("AEC_FAST_PATHS", "0")
+    H = history(np.random.default_rng(21).random((10, 2)), quadratic)
+    (p,) = policy(cube(2), strict=True, **options).propose(H, 1, [])
+    assert p.reason["fast_paths"].startswith("off") and "fallback" not in p.reason
+    assert used["fit_exact_gp"] == 0 and all(type(a) is qLogNoisyExpectedImprovement for a in built)
+    pool = np.random.default_rng(22).random((500, 2))
+    Hp = history(pool[:10], quadratic, pool_index=np.arange(10))
+    (q,) = policy(cube(2, pool=pool), strict=True, **options).propose(Hp, 1, [])
+    assert q.reason["fast_paths"].startswith("off") and used["pruned"] == 0 and q.pool_index >= 10
+
+
+def test_fast_paths_on_say_so_and_pick_what_botorch_picks():
+    """Closed-form fit + CachedLogNEI against fit_gpytorch_mll + qLogNEI: the same point, near enough."""
+    H = history(np.random.default_rng(23).random((12, 2)), quadratic)
+    (fast,) = policy(cube(2), strict=True).propose(H, 1, [])
+    (slow,) = policy(cube(2), strict=True, fast_paths=False).propose(H, 1, [])
+    assert fast.reason["fast_paths"] == "on"
+    assert np.abs(fast.x - slow.x).max() < 0.05
+    assert fast.reason["predicted"]["y"]["mean"] == pytest.approx(slow.reason["predicted"]["y"]["mean"], abs=0.02)
+
+
+def test_missing_botorch_fast_path_names_disable_those_paths_visibly():
+    """A BoTorch without batched_lbfgs_b or _log_improvement: BoTorch's own routines, a warning, a reason."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent('''
+        import sys, logging
+        import numpy as np
+        import types
+        import botorch.fit, botorch.generation.gen, botorch.optim.optimize, botorch.optim.optimize_mixed  # BoTorch's own
+        import botorch.acquisition.logei, botorch.acquisition.multi_objective.logei  # imports keep the real modules
+        real = {}
+        for name, drop in [("botorch.optim.batched_lbfgs_b", "fmin_l_bfgs_b_batched"), ("botorch.acquisition.logei", "_log_improvement")]:
+            real[name] = sys.modules[name]
+            proxy = types.ModuleType(name)  # what an import of a BoTorch without that name finds
+            proxy.__dict__.update({k: v for k, v in vars(real[name]).items() if k != drop})
+            sys.modules[name] = proxy
+        from policies.bayesian import fast_paths, policy as _
+        sys.modules.update(real)
+        logging.basicConfig(level=logging.WARNING)
+        from tests.bayes_helpers import cube, history, policy, quadratic
+        assert set(fast_paths.MISSING) == {"mll_fit", "cached_nei"}, fast_paths.MISSING
+        H = history(np.random.default_rng(21).random((10, 2)), quadratic)
+        for _ in range(2):
+            (p,) = policy(cube(2), strict=True).propose(H, 1, [])
+            assert "fallback" not in p.reason and p.reason["acquisition"] == "qlognei"
+            print("REASON", p.reason["fast_paths"])
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    reasons = [line for line in out.stdout.splitlines() if line.startswith("REASON")]
+    assert len(reasons) == 2 and all("degraded" in r and "mll_fit" in r and "cached_nei" in r for r in reasons)
+    assert out.stderr.count("degraded:") == 1  # warned once
+
+
+def test_fantasies_shrink_the_std_only_as_conditioning_does():
+    """with_fantasies equals BoTorch's condition_on_observations: far from the pending points the
+    std barely moves (re-standardising with the fantasised means used to shrink it by ~5%)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((8, 2))
+    Y = ((X - 0.3) ** 2).sum(1, keepdims=True) + 0.01 * rng.standard_normal((8, 1))
+    fitted = fit_model(TrainingData(X=X, Y=Y, Yvar=None, metrics=["y"]), np.array([0]), ModelSettings())
+    P = torch.tensor([[0.1, 0.1], [0.15, 0.12], [0.12, 0.2]], dtype=torch.float64)
+    at = torch.tensor([[0.95, 0.95], [0.9, 0.05], [0.12, 0.12]], dtype=torch.float64)
+    mean0, std0 = marginal_posterior(fitted, at)
+    mean1, std1 = marginal_posterior(models_module.with_fantasies(fitted, P), at)
+    fitted.model.posterior(P)  # condition_on_observations needs gpytorch's prediction cache
+    pmean, _ = marginal_posterior(fitted, P)
+    reference = fitted.model.condition_on_observations(fitted.model.transform_inputs(P), pmean).posterior(at)
+    torch.testing.assert_close(mean1, mean0, atol=1e-9, rtol=0)  # a believer leaves the mean alone
+    torch.testing.assert_close(std1, reference.variance.sqrt().detach(), rtol=1e-6, atol=1e-9)
+    assert (std1[:2] / std0[:2] > 0.98).all() and std1[2, 0] < 0.8 * std0[2, 0]
+
+
+def test_the_cached_factor_follows_hyperparameters_changed_in_place():
+    from policies.bayesian.posterior import screen_posterior
+
+    rng = np.random.default_rng(1)
+    X = rng.random((12, 2))
+    fitted = fit_model(TrainingData(X=X, Y=np.sin(6 * X[:, :1]), Yvar=None, metrics=["y"]), np.array([0]), ModelSettings())
+    at = torch.as_tensor(rng.random((5, 2)))
+    before = marginal_posterior(fitted, at)
+    screen_posterior(fitted, at)  # fills the float32 inverse cache too
+    gp = fitted.model
+    with torch.no_grad():
+        gp.covar_module.lengthscale = gp.covar_module.lengthscale * 0.5  # in place, through .data
+    gp.train()
+    gp.eval()  # drops gpytorch's own prediction cache, for the reference
+    reference = gp.posterior(at)
+    mean, std = marginal_posterior(fitted, at)
+    torch.testing.assert_close(mean, reference.mean.detach(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(std, reference.variance.sqrt().detach(), rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(std, before[1])
+    _, std32, _ = screen_posterior(fitted, at)
+    torch.testing.assert_close(std32, std, rtol=1e-4, atol=1e-7)

@@ -155,8 +155,8 @@ def test_run_refuses_to_overwrite_a_store(write_campaign, capsys):
     from controller.cli import main
 
     path = write_campaign(trials=2)
-    assert main(["run", str(path), "--quiet"]) == 0
-    assert main(["run", str(path), "--quiet"]) == 2
+    assert main(["run", str(path), "--quiet", "--seed", "5"]) == 0
+    assert main(["run", str(path), "--quiet"]) == 2  # another campaign (seed) in the store: refused
     assert "aec resume" in capsys.readouterr().err
 
 

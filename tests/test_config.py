@@ -93,18 +93,18 @@ def test_missing_file_is_a_clear_error(tmp_path: Path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_valid_file_and_json_config(tmp_path: Path, capsys):
+def test_valid_file_and_json_config(workdir: Path, capsys):
     import json
 
-    path = tmp_path / "ok.json"
+    path = workdir / "ok.json"
     path.write_text(json.dumps(campaign_dict()))
     assert main(["validate", str(path)]) == 0
     cfg = load_config(path)
-    assert cfg.name == "t" and cfg.base_dir == tmp_path.resolve()
+    assert cfg.name == "t" and cfg.base_dir == workdir.resolve()
 
 
-def test_overrides_and_durations(tmp_path: Path):
-    path = tmp_path / "c.yaml"
+def test_overrides_and_durations(workdir: Path):
+    path = workdir / "c.yaml"
     path.write_text(yaml.safe_dump(campaign_dict(budget={"trials": 5, "wall_time": "1h30m"})))
     cfg = load_config(path, {"seed": 11, "budget.trials": 9})
     assert cfg.seed == 11 and cfg.budget.trials == 9 and cfg.budget.wall_time == 5400.0
@@ -135,6 +135,8 @@ store: runs/hartmann-demo.db
 """
     path = tmp_path / "demo.yaml"
     path.write_text(text)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "sim.py").write_text("def evaluate(p):\n    return {'y': 0.0, 'cost': 1.0, 'efficiency': 1.0}\n")
     cfg = load_config(path)
     assert [p.type for p in cfg.space.parameters] == ["real", "real", "real", "integer", "choice"]
 

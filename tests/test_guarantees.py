@@ -37,6 +37,11 @@ def object_data(p):
     import numpy as np
     return {"y": p["x0"], "data": np.array([{"a": 1}, None], dtype=object) if p["x0"] > 0.5 else np.ones(2)}
 
+def uneven(p):
+    import time
+    time.sleep(0.4 * p["x0"])
+    return {"y": p["x0"]}
+
 def poison(p):
     if p["x0"] > 0.5:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -305,3 +310,15 @@ def test_with_one_worker_the_next_proposal_is_computed_while_the_trial_runs(writ
     assert ahead[1:] == [{"history": r.id - 1, "pending": 1} for r in runs[0][1:]]
     assert [r.params for r in runs[0]] == [r.params for r in runs[1]]  # same file and seed, same campaign
     assert all("computed_ahead" not in r.reason for r in runs[2])
+
+
+def test_proposals_computed_ahead_never_overshoot_the_trial_budget(write_campaign, extra):
+    # Two workers and two trials: both are submitted at once, and the first to finish must not let a
+    # proposal computed ahead start a third (the measurements take 0.4 * x0 s, so they end apart).
+    for k in range(3):
+        c = _campaign(write_campaign, f"exact{k}", "more:uneven", trials=2, policy={"kind": "random"},
+                      executor={"workers": 2, "lookahead": 1}, seed=k)
+        summary = c.run()
+        recs = c.store.trials()
+        c.close()
+        assert summary.completed == 2 and len(recs) == 2, [r.status for r in recs]

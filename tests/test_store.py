@@ -48,11 +48,34 @@ def test_the_journal_is_append_only_and_ordered(tmp_path: Path):
         store.append(0, "teleported", 1, {})
 
 
-def test_data_products_are_written_atomically(tmp_path: Path):
+@pytest.mark.parametrize("fails", ["np.save", "os.replace"])
+def test_data_products_are_written_atomically(tmp_path: Path, monkeypatch, fails: str):
+    """A write that fails midway (half the bytes written, or the rename refused) leaves neither a
+    partial product nor a temp file, and an earlier product of that trial untouched."""
+    import controller.store as store_module
+
     store = Store(tmp_path / "s.db", create=True)
     rel = store.write_data(7, np.arange(5.0))
     assert np.array_equal(store.read_data(rel), np.arange(5.0))
-    assert not [p for p in store.data_dir.iterdir() if p.name.startswith(".tmp")]
+
+    def half_then_fail(fh, array, allow_pickle=False):
+        fh.write(b"\x93NUMPY partial")
+        raise OSError("disk full")
+
+    def refuse(src, dst):
+        raise OSError("rename refused")
+
+    if fails == "np.save":
+        monkeypatch.setattr(store_module.np, "save", half_then_fail)
+    else:
+        monkeypatch.setattr(store_module.os, "replace", refuse)
+    with pytest.raises(OSError):
+        store.write_data(7, np.full(5, -1.0))
+    with pytest.raises(OSError):
+        store.write_data(8, np.full(5, -1.0))
+    monkeypatch.undo()
+    assert sorted(p.name for p in store.data_dir.iterdir()) == [Path(rel).name]  # no temp file, no trial 8
+    assert np.array_equal(store.read_data(rel), np.arange(5.0))
 
 
 def test_wal_mode_and_checkpoints(tmp_path: Path):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -265,9 +268,39 @@ def test_clouds_make_depth_shallower_and_overcast_closes_the_dome():
     assert not bool(sim.features()[:, FEATURES.index("observable")].any())
 
 
+_OPENED: list[str] | None = None  # paths opened while recording (audit hooks cannot be removed)
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, Path)):
+        _OPENED.append(str(Path(os.fsdecode(args[0])).resolve()))
+
+
 def test_simulator_reads_nothing_outside_the_package():
-    for path in (ROOT / "simulators" / "telescope").glob("*.py"):
-        assert "shared" not in path.read_text(), path
+    """Every file that building, stepping and evaluating the simulator opens lies in the simulators
+    package (its data files) or a temp folder: no project folder, no home, no network cache."""
+    global _OPENED
+    if not getattr(sys, "_aec_open_hook", False):
+        sys.addaudithook(_record_opens)
+        sys._aec_open_hook = True
+    from simulators.telescope import imaging, weather
+
+    imaging._hubble_deep_field.cache_clear()  # files read once per process: read them again, recorded
+    weather.cloud_records.cache_clear()
+    _OPENED = []
+    try:
+        sim = small(seed=5)
+        rows = visible_rows(sim, 2)
+        sim.evaluate(pointing(sim, rows))
+        sim.features()
+    finally:
+        opened, _OPENED = _OPENED, None
+    # the package, temp folders, and the interpreter's and installed libraries' own files (imports)
+    allowed = [(ROOT / "simulators").resolve(), Path(tempfile.gettempdir()).resolve()]
+    allowed += [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    outside = [p for p in opened if not any(Path(p).is_relative_to(a) for a in allowed)]
+    assert not outside, outside
+    assert any(p.endswith(".csv") and Path(p).is_relative_to(allowed[0]) for p in opened)  # the hook saw the cloud records
 
 
 # transients, rewards, images ----------------------------------------------------------------

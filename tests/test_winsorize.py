@@ -7,7 +7,7 @@ import numpy as np
 from policies.base import Objective, OutcomeConstraint, Problem
 from policies.bayesian.acquisition import Outcomes
 from policies.bayesian.winsorize import cutoffs, winsorize
-from tests.test_bayesian import branin, cube, history, policy
+from tests.bayes_helpers import branin, cube, history, policy
 
 
 def outcomes(objectives, constraints=()) -> Outcomes:

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.analytic import AnalyticAcquisitionFunction, LogProbabilityOfFeasibility, _log_ei_helper
+from botorch.acquisition.analytic import AnalyticAcquisitionFunction, LogProbabilityOfFeasibility
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.monte_carlo import qUpperConfidenceBound
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
@@ -43,6 +43,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from policies.base import Problem
+from policies.bayesian import fast_paths
 from policies.bayesian.cached_nei import CachedLogNEI, supports_cached_nei
 from policies.bayesian.models import FittedModel, train_marginals, with_fantasies
 from policies.bayesian.posterior import factorize, gp_marginals_any
@@ -187,7 +188,7 @@ class MarginalLogEI(AcquisitionFunction):
         mean, std = gp_marginals_any(self.model, X.squeeze(-2))
         j, sign = self.outcomes.objective_index[0], self.outcomes.signs[0]
         sigma = std[..., j].clamp_min(1e-12)
-        log_ei = _log_ei_helper((sign * mean[..., j] - self.best_f) / sigma) + sigma.log()
+        log_ei = fast_paths.log_ei((sign * mean[..., j] - self.best_f) / sigma) + sigma.log()
         return log_ei + log_prob_feasible(mean, std, self.outcomes)
 
 
@@ -209,8 +210,10 @@ class AcquisitionBuilder:
         beta: float,
         ref_point: Tensor | None = None,
         standardize_objectives: bool = True,
+        fast_paths: bool = True,
     ):
         self.name = name
+        self.fast_paths = fast_paths  # False: BoTorch's qLogNEI instead of CachedLogNEI
         self.standardize_objectives = standardize_objectives
         self.fitted = fitted
         self.outcomes = outcomes
@@ -251,7 +254,8 @@ class AcquisitionBuilder:
 
     def _cached_nei_applies(self) -> bool:
         """qLogNEI without outcome constraints, on one single-output GP: cached_nei.py."""
-        return not self.outcomes.constraints and not self.outcomes.multi and supports_cached_nei(self.fitted.model)
+        return (self.fast_paths and not self.outcomes.constraints and not self.outcomes.multi
+                and supports_cached_nei(self.fitted.model))
 
     def _make_mc(self, X_pending: Tensor | None) -> AcquisitionFunction:
         model, outcomes = self.fitted.model, self.outcomes
@@ -377,7 +381,7 @@ def screen_scores(
     if name in ("qlognei", "logei"):
         sigma = obj_std[..., 0].clamp_min(1e-12)
         u = (obj_mean[..., 0] - best[0]) / sigma
-        return _log_ei_helper(u) + sigma.log() + lpf
+        return fast_paths.log_ei(u) + sigma.log() + lpf
     if name == "qlognehvi":
         hvi = optimistic_hvi(obj_mean + 2.0 * obj_std, cells)
         return hvi.clamp_min(1e-300).log() + lpf

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.logei import TAU_RELU, _log_improvement
 from botorch.models import ModelListGP
 from botorch.models.model import Model
 from botorch.utils.safe_math import logmeanexp
@@ -27,13 +26,17 @@ from gpytorch.means import ConstantMean
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
+from policies.bayesian import fast_paths
 from policies.bayesian.posterior import cross_kernel, gp_factor, is_plain_rbf, prior_variance, rbf_of_scaled
 
 __all__ = ["CachedLogNEI", "supports_cached_nei"]
 
 
 def supports_cached_nei(model: Model) -> bool:
-    """One exact GP with one output (SingleTaskGP or MixedSingleTaskGP, not a list or a batch)."""
+    """One exact GP with one output (SingleTaskGP or MixedSingleTaskGP, not a list or a batch), and
+    BoTorch's log-improvement available (fast_paths.MISSING)."""
+    if "cached_nei" in fast_paths.MISSING:
+        return False
     if isinstance(model, ModelListGP) or getattr(model, "num_outputs", 0) != 1:
         return False
     train_X = getattr(model, "train_inputs", (None,))[0]
@@ -92,7 +95,9 @@ class CachedLogNEI(AcquisitionFunction):
         """X: b x 1 x d (or 1 x d) -> b."""
         Xt = self.model.transform_inputs(X.squeeze(-2))  # b x d
         f = _CandidateDraws.apply(Xt, self) if self._closed_form else self._draws(Xt)
-        log_imp = _log_improvement(self._objective(f).unsqueeze(-1), self.best_f.unsqueeze(-1), tau=TAU_RELU, fat=True)
+        log_imp = fast_paths.log_improvement(
+            self._objective(f).unsqueeze(-1), self.best_f.unsqueeze(-1), tau=fast_paths.TAU_RELU, fat=True
+        )
         return logmeanexp(log_imp.squeeze(-1), dim=0)  # b; BoTorch's smooth max over q is the identity at q = 1
 
     def _draws(self, Xt: Tensor) -> Tensor:

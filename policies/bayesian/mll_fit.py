@@ -19,13 +19,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from botorch.models import SingleTaskGP
-from botorch.optim.batched_lbfgs_b import fmin_l_bfgs_b_batched
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import RBFKernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.means import ConstantMean
 from gpytorch.priors import LogNormalPrior
 from linear_operator.utils.cholesky import psd_safe_cholesky
+
+from policies.bayesian import fast_paths
 
 __all__ = ["ExactGPParts", "exact_gp_parts", "fit_exact_gp", "negative_mll", "negative_mll_and_grad"]
 
@@ -191,11 +192,11 @@ def fit_exact_gp(model, maxiter: int = 200, ftol: float | None = None, parts: Ex
     """Fit `model` in place from its current hyperparameters (its prior modes, or a warm start).
 
     Returns False, leaving the model untouched, when the model is not of the handled structure
-    (`parts`: exact_gp_parts(model), when the caller has it). Raises on numerical failure (the
+    (`parts`: exact_gp_parts(model), when the caller has it) or BoTorch lacks its batched L-BFGS-B. Raises on numerical failure (the
     caller's fallback chain refits with jitter). Leaves the model in eval mode, as fit_gpytorch_mll does.
     """
     parts = parts or exact_gp_parts(model)
-    if parts is None:
+    if parts is None or fast_paths.fmin_l_bfgs_b_batched is None:
         return False
     model.train()  # drops any prediction cache built with the old hyperparameters
     X = parts.X
@@ -215,7 +216,7 @@ def fit_exact_gp(model, maxiter: int = 200, ftol: float | None = None, parts: Ex
     options: dict = {"maxiter": maxiter}
     if ftol is not None:
         options.update(ftol=ftol, factr=None)
-    xs, _, _ = fmin_l_bfgs_b_batched(objective, theta0, bounds=bounds, pass_batch_indices=True, **options)
+    xs, _, _ = fast_paths.fmin_l_bfgs_b_batched(objective, theta0, bounds=bounds, pass_batch_indices=True, **options)
     if not np.isfinite(xs).all():
         raise torch.linalg.LinAlgError("the fitted hyperparameters are not finite")
     _write_theta(model, parts, xs)

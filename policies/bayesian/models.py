@@ -13,6 +13,7 @@ only: without it (after a restart) the same history is fitted from BoTorch's def
 """
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import gpytorch
 import numpy as np
 import torch
 from botorch.exceptions.errors import ModelFittingError
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
 from botorch.models.model import Model
@@ -73,6 +75,7 @@ class ModelSettings:
     fit_maxiter: int = 200
     cat_dims: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float64
+    fast_paths: bool = True  # mll_fit for BoTorch's default GPs (False: always fit_gpytorch_mll)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -141,40 +144,62 @@ def select_subset(X: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
 # building and fitting
 
 
-def _single_gp(X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None, cat_dims: tuple[int, ...]) -> Model:
-    """One GP over m outputs that share the inputs X (n x d); Y (n x m), Yvar (n x m) or None."""
+def _single_gp(
+    X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None, cat_dims: tuple[int, ...], scale: Standardize | None = None
+) -> Model:
+    """One GP over m outputs that share the inputs X (n x d); Y (n x m), Yvar (n x m) or None.
+
+    scale: an outcome transform whose fixed statistics standardise Y (a copy, attached after
+    construction: BoTorch's models put a transform given to them in train mode, refitting it to Y);
+    None: a new Standardize fitted to Y.
+    """
     d = X.shape[-1]
     cont = [i for i in range(d) if i not in cat_dims]
     unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
     m = Y.shape[-1]
-    if cat_dims:
-        transform = Normalize(d, bounds=unit, indices=cont) if cont else None
-        return MixedSingleTaskGP(
-            X, Y, cat_dims=list(cat_dims), train_Yvar=Yvar,
-            input_transform=transform, outcome_transform=Standardize(m),
-        )
-    return SingleTaskGP(X, Y, train_Yvar=Yvar, input_transform=Normalize(d, bounds=unit), outcome_transform=Standardize(m))
+    fixed = None
+    if scale is not None:
+        fixed = copy.deepcopy(scale).eval()
+        with torch.no_grad():
+            Y, Yvar = fixed(Y, Yvar)
+    outcome = Standardize(m) if fixed is None else None
+    with warnings.catch_warnings():
+        if fixed is not None:  # standardised by other points' statistics, on purpose
+            warnings.simplefilter("ignore", InputDataWarning)
+        if cat_dims:
+            transform = Normalize(d, bounds=unit, indices=cont) if cont else None
+            model = MixedSingleTaskGP(
+                X, Y, cat_dims=list(cat_dims), train_Yvar=Yvar,
+                input_transform=transform, outcome_transform=outcome,
+            )
+        else:
+            model = SingleTaskGP(X, Y, train_Yvar=Yvar, input_transform=Normalize(d, bounds=unit), outcome_transform=outcome)
+    if fixed is not None:
+        model.outcome_transform = fixed
+    return model
 
 
 def build_model(
-    X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, settings: ModelSettings
+    X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, settings: ModelSettings,
+    scales: list[Standardize] | None = None,
 ) -> Model:
     """An unfitted surrogate for Y (n x m, NaN = not observed) at X (n x d).
 
     Outputs observed on the same rows share one batched GP; otherwise each output gets its own
-    GP on its own rows, in a ModelListGP.
+    GP on its own rows, in a ModelListGP. scales: the outcome transforms of a model of the same
+    structure, to standardise with their statistics rather than Y's (see with_fantasies).
     """
     t = lambda a: torch.as_tensor(a, dtype=settings.dtype, device=settings.device)  # noqa: E731
     finite = np.isfinite(Y)
     if Yvar is not None:
         Yvar = np.maximum(Yvar, 1e-6 * np.nanvar(Y, axis=0, keepdims=True) + 1e-12)
     if finite.all():
-        return _single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims)
+        return _single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims, scales[0] if scales else None)
     models = []
     for j in range(Y.shape[1]):
         ok = finite[:, j]
         yv = None if Yvar is None else t(Yvar[ok, j : j + 1])
-        models.append(_single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims))
+        models.append(_single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims, scales[j] if scales else None))
     return ModelListGP(*models)
 
 
@@ -207,11 +232,11 @@ def _raise_noise_floor(model: Model, floor: float) -> None:
             noise_covar.noise = torch.full_like(noise_covar.noise, max(10 * floor, 1e-2))
 
 
-def _optimise(model: Model, maxiter: int, warm: bool = False) -> None:
+def _optimise(model: Model, maxiter: int, warm: bool = False, fast: bool = True) -> None:
     """Maximise the marginal likelihood (L-BFGS-B); a warm start stops at a looser tolerance.
 
     BoTorch's default GPs go through mll_fit (the same objective, 0.2-0.3x the time per fit);
-    anything else through `fit_gpytorch_mll`.
+    anything else, or every model when `fast` is False (fast_paths.py), through `fit_gpytorch_mll`.
     """
     options: dict[str, Any] = {"maxiter": maxiter}
     if warm:
@@ -219,7 +244,7 @@ def _optimise(model: Model, maxiter: int, warm: bool = False) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gps = model.models if isinstance(model, ModelListGP) else [model]
-        parts = [exact_gp_parts(gp) for gp in gps]
+        parts = [exact_gp_parts(gp) if fast else None for gp in gps]
         if all(p is not None for p in parts):
             for gp, p in zip(gps, parts):
                 fit_exact_gp(gp, options["maxiter"], options.get("ftol"), parts=p)
@@ -299,7 +324,7 @@ def _fit_once(
         if (settings.warm_start and len(fit_rows) >= settings.warm_start_after and cache is not None
                 and cache.key == key and jitter is None):
             warm = load_hyperparameters(sub, cache.state)
-        _optimise(sub, settings.fit_maxiter, warm)
+        _optimise(sub, settings.fit_maxiter, warm, settings.fast_paths)
         state = hyperparameters(sub)
         n_fit = len(fit_rows)
         if n_fit == n and len(cond_rows) == n:
@@ -345,7 +370,10 @@ def with_fantasies(fitted: FittedModel, X_new: np.ndarray | torch.Tensor) -> Mod
 
     This "kriging believer" leaves the mean unchanged and shrinks the variance around X_new
     (k x d) exactly as real observations would: how pending trials enter the analytic and
-    sample-based acquisitions. Same hyperparameters, no refit.
+    sample-based acquisitions. Same hyperparameters, no refit, and the same outcome
+    standardisation: re-standardising with the fantasised means included shrank the outcome
+    scale, hence the prior variance in metric units, and so every std far from X_new (by ~5%
+    with 8 training points and 3 fantasies, where conditioning cannot reach; tests/test_bayesian.py).
     """
     X_new = fitted.tensor(X_new).reshape(-1, fitted.train_X.shape[-1])
     if len(X_new) == 0:
@@ -361,7 +389,9 @@ def with_fantasies(fitted: FittedModel, X_new: np.ndarray | torch.Tensor) -> Mod
     if data.Yvar is not None:
         typical = np.nanmedian(data.Yvar, axis=0, keepdims=True)
         Yvar = np.vstack([data.Yvar[fitted.rows], np.repeat(typical, len(X_new), axis=0)])
-    model = build_model(X, Y, Yvar, fitted.settings)
+    gps = fitted.model.models if isinstance(fitted.model, ModelListGP) else [fitted.model]
+    scales = [gp.outcome_transform for gp in gps]
+    model = build_model(X, Y, Yvar, fitted.settings, scales)
     if fitted.jitter is not None:
         _raise_noise_floor(model, fitted.jitter)
     load_hyperparameters(model, fitted.state)

@@ -28,6 +28,7 @@ from threadpoolctl import ThreadpoolController
 
 from policies.base import History, PolicyFallbackError, Problem, Proposal, strict_mode
 from policies.baselines import SobolPolicy
+from policies.bayesian import fast_paths
 from policies.bayesian.acquisition import AcquisitionBuilder, Outcomes
 from policies.bayesian.models import (
     FittedModel,
@@ -128,6 +129,11 @@ class BotorchOptions(BaseModel):
         "none", description="divide: value per second of travel + dwell; route: order each batch as a short path"
     )
     dwell: float = Field(1.0, ge=0, description="seconds a measurement takes, added to travel when dividing")
+    fast_paths: bool = Field(
+        True, description="use aec's hand-written fast paths (closed-form GP fit, cached qLogNEI, pruned and float32 "
+        "pool screens); false (or AEC_FAST_PATHS=0 in the environment) uses BoTorch's own routines throughout, "
+        "for bug reports. reason['fast_paths'] says which ran",
+    )
     dtype: Literal["float64", "float32"] = "float64"
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     num_threads: int | None = Field(
@@ -224,11 +230,13 @@ class BotorchPolicy:
                 raise PolicyFallbackError("botorch", self.device_fallback)
             logger.warning("botorch policy: %s", self.device_fallback)
             device = "cpu"
+        self.fast_paths = opts.fast_paths and fast_paths.env_enabled()
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
             cat_dims=tuple(i for i, c in enumerate(self.space.categorical) if c),
             dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
+            fast_paths=self.fast_paths,
         )
         self.search_settings = SearchSettings(
             num_restarts=opts.num_restarts or (MULTI_RESTARTS if self.outcomes.multi else SINGLE_RESTARTS),
@@ -237,7 +245,7 @@ class BotorchPolicy:
             ftol=(None if self.outcomes.multi else ACQ_FTOL) if opts.acq_ftol == "auto" else opts.acq_ftol,
             batch_mode=opts.batch_mode, pool_chunk=opts.pool_chunk, pool_shortlist=opts.pool_shortlist,
             pool_screen_float32=opts.pool_screen_float32,
-            ts_candidates=opts.ts_candidates, beta=opts.beta,
+            ts_candidates=opts.ts_candidates, beta=opts.beta, fast_paths=self.fast_paths,
         )
         self.travel = None
         if problem.move_cost is not None and opts.cost_aware != "none":
@@ -356,7 +364,8 @@ class BotorchPolicy:
         t0 = time.perf_counter()
         fitted = fit_model(data, self._anchors(data), self.model_settings, self._cache)
         t_fit = time.perf_counter() - t0
-        reason: dict[str, Any] = {"policy": "botorch", "acquisition": self.acquisition, "initial_design": False, "seed": seed}
+        reason: dict[str, Any] = {"policy": "botorch", "acquisition": self.acquisition, "initial_design": False, "seed": seed,
+                                  "fast_paths": fast_paths.note(self.options.fast_paths)}
         if fitted.jitter is not None:
             reason["fallback"] = f"model refitted with jitter {fitted.jitter:g} after: {fitted.fit_error}"
             if self.strict:
@@ -387,7 +396,7 @@ class BotorchPolicy:
         )
         builder = AcquisitionBuilder(
             self.acquisition, fitted, self.outcomes, mc_samples=opts.mc_samples, seed=seed, beta=opts.beta, ref_point=ref_t,
-            standardize_objectives=opts.standardize_objectives,
+            standardize_objectives=opts.standardize_objectives, fast_paths=self.fast_paths,
         )
         if space.pool is not None:
             taken = history.used_pool_indices() | {p.pool_index for p in pending if p.pool_index is not None}

@@ -83,7 +83,7 @@ def search_pool(builder: AcquisitionBuilder | None, name: str, ctx: SearchContex
     # pending trials as fantasies, so that the shortlist is not crowded around them
     model = with_fantasies(ctx.fitted, ctx.pending) if len(ctx.pending) else ctx.fitted.model
     k = min(len(idx), max(s.ts_candidates if name == "ts" else s.pool_shortlist, 4 * q))
-    if ctx.cost is None and not ctx.outcomes.constraints:
+    if ctx.cost is None and not ctx.outcomes.constraints and s.fast_paths:
         scores = _pruned_screen(name, model, Xf, ctx, sc, k)
     else:
         rank: Callable[[torch.Tensor], torch.Tensor] = lambda v: v  # noqa: E731
@@ -137,7 +137,7 @@ def _screen_every_row(
     float64. At least k rows score above that edge, so no row left in float32 can be in the top k.
     """
     chunk = chunk_rows(ctx)
-    if not ctx.settings.pool_screen_float32:
+    if not (ctx.settings.pool_screen_float32 and ctx.settings.fast_paths):
         mean, std = marginal_posterior(model, Xf, chunk=chunk)
         return rank(screen_scores(name, mean, std, ctx.outcomes, **sc))
     mean, std, rel = screen_posterior(model, Xf, chunk=chunk)

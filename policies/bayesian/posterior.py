@@ -45,11 +45,27 @@ def screen_posterior(fitted, X: torch.Tensor, chunk: int = 4096) -> tuple[torch.
     return joined(0), joined(1), joined(2)
 
 
+def _state(gp: Model) -> tuple[tuple, torch.Tensor]:
+    """What the factor depends on: the training data's identity (tensor, storage, in-place version)
+    and a copy of every hyperparameter and likelihood buffer (fixed noise). Values, not versions,
+    for the hyperparameters: gpytorch's setters write through `.data`, which bumps no version."""
+    data = tuple((t, t.data_ptr(), t._version) for t in (gp.train_inputs[0], gp.train_targets))
+    values = [p.detach().reshape(-1) for p in gp.parameters()] + [b.reshape(-1) for b in gp.likelihood.buffers()]
+    return data, torch.cat(values) if values else torch.zeros(0)
+
+
+def _same_state(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
+    return (all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a[0], b[0]))
+            and a[1].shape == b[1].shape and bool(torch.equal(a[1], b[1])))
+
+
 def gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train inputs, Cholesky factor L of K + noise, alpha = K^-1 (y - prior mean)), cached on the GP."""
+    """(train inputs, Cholesky factor L of K + noise, alpha = K^-1 (y - prior mean)), cached on the GP
+    and recomputed whenever its training data or hyperparameters change (in place included)."""
+    state = _state(gp)
     cached = getattr(gp, "_aec_factor", None)
-    if cached is not None:
-        return cached
+    if cached is not None and _same_state(cached[0], state):
+        return cached[1]
     train_X = gp.train_inputs[0]
     n = train_X.shape[-2]
     K = gp.covar_module(train_X).to_dense()
@@ -61,8 +77,8 @@ def gp_factor(gp: Model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     L = psd_safe_cholesky(K)
     resid = (gp.train_targets - gp.mean_module(train_X)).unsqueeze(-1)
     alpha = torch.cholesky_solve(resid, L)
-    gp._aec_factor = (train_X, L, alpha)
-    return gp._aec_factor
+    gp._aec_factor = (state, (train_X, L, alpha))
+    return gp._aec_factor[1]
 
 
 def factorize(model: Model) -> None:
@@ -104,14 +120,14 @@ def prior_variance(kernel, X: torch.Tensor) -> torch.Tensor:
 
 def inverse_factor32(gp: Model) -> tuple[torch.Tensor, torch.Tensor]:
     """L^-1 of gp_factor in float32, and the 2-norms of its columns (sqrt of the diagonal of K^-1),
-    formed in the factor's own precision once per GP and cached."""
+    formed in the factor's own precision once per factor and cached (a new factor, a new inverse)."""
+    _, L, _ = gp_factor(gp)
     cached = getattr(gp, "_aec_inverse32", None)
-    if cached is None:
-        _, L, _ = gp_factor(gp)
+    if cached is None or cached[0] is not L:
         eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
         Linv = torch.linalg.solve_triangular(L, eye, upper=False)
-        cached = gp._aec_inverse32 = (Linv.to(torch.float32), torch.linalg.vector_norm(Linv, dim=-2))
-    return cached
+        cached = gp._aec_inverse32 = (L, (Linv.to(torch.float32), torch.linalg.vector_norm(Linv, dim=-2)))
+    return cached[1]
 
 
 def gp_marginals_any(model: Model, X: torch.Tensor, bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

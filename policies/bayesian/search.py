@@ -56,6 +56,7 @@ class SearchSettings:
     pool_screen_float32: bool = True
     ts_candidates: int = 1024
     beta: float = 2.0
+    fast_paths: bool = True  # pruned and float32 pool screens (False: every row in float64)
 
 
 @dataclass
