@@ -186,7 +186,7 @@ def _reporter(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from controller.config import load_config
+    from controller.preflight import load_config
 
     overrides: dict[str, Any] = {}
     if args.seed is not None:
@@ -336,7 +336,7 @@ def _fallback_rows(table, fallbacks: dict[str, Any]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from controller.config import load_config
+    from controller.preflight import load_config
 
     try:
         config = load_config(args.file)

@@ -516,7 +516,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str
 
 def _section_problems(cfg: CampaignConfig) -> list[str]:
     """Problems that need the policy's and selector's own models, and the space's constraint parser."""
-    from controller.space import SpaceError, infeasible_constraints, parse_linear_constraint
+    from controller.constraints import SpaceError, infeasible_constraints, parse_linear_constraint
     from policies import PolicyConfigError, validate_options
 
     problems: list[str] = []
@@ -554,32 +554,6 @@ def _selection_problems(cfg: CampaignConfig) -> list[str]:
     except ValidationError as exc:
         return [f"selection.{p}" for p in validation_problems(exc)]
     return []
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
-    """Read, override (e.g. {'seed': 3, 'budget.trials': 10}) and validate a campaign file.
-
-    Beyond the file's shape this checks what `aec run` needs at start-up (controller.preflight:
-    the function imports, files and programs exist, the simulator takes its options and produces
-    the metrics named), so `aec validate` and `aec run` accept and refuse the same files.
-    """
-    path = Path(path)
-    data = read_campaign_file(path)
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise UserError(f"{path}: cannot override {dotted}: {key} is not a section")
-        node[leaf] = value
-    cfg = parse_config(data, base_dir=path.parent, source=str(path))
-    from controller.preflight import environment_problems  # imports instruments and simulators: only when needed
-
-    problems = environment_problems(cfg)
-    if problems:
-        raise UserError(f"{path}: {len(problems)} problem(s)", [f"{path}: {p}" for p in problems])
-    return cfg
 
 
 def config_to_dict(cfg: CampaignConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Checks of a campaign file against the world it runs in: modules, files, programs and simulators.
+"""Reading a campaign file and checking it against the world it runs in: modules, files, programs, simulators.
 
 `load_config` runs these after the file's own shape has been validated, so that `aec validate`
 says ok only when `aec run` will start: each check does what `Campaign` will do at start-up
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.config import CampaignConfig
+from controller.config import CampaignConfig, parse_config, read_campaign_file
 from controller.errors import UserError
 from instruments.base import InstrumentError
 
@@ -169,3 +169,27 @@ def _field_message(text: str, default_field: str) -> str:
     if head and " " not in head and (head.startswith(("instrument", "space")) or head == default_field):
         return text
     return f"{default_field}: {text}"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignConfig:
+    """Read, override (e.g. {'seed': 3, 'budget.trials': 10}) and validate a campaign file.
+
+    Beyond the file's shape this checks what `aec run` needs at start-up (environment_problems:
+    the function imports, files and programs exist, the simulator takes its options and produces
+    the metrics named), so `aec validate` and `aec run` accept and refuse the same files.
+    """
+    path = Path(path)
+    data = read_campaign_file(path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{path}: cannot override {dotted}: {key} is not a section")
+        node[leaf] = value
+    cfg = parse_config(data, base_dir=path.parent, source=str(path))
+    problems = environment_problems(cfg)
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s)", [f"{path}: {p}" for p in problems])
+    return cfg

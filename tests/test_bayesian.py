@@ -115,6 +115,14 @@ def test_the_centre_opens_the_initial_design_by_default():
     assert row.pool_index == 1
 
 
+def test_on_pools_the_first_pick_depends_on_the_seed_unless_the_centre_is_asked_for():
+    pool = np.random.default_rng(5).random((500, 2))
+    firsts = {policy(cube(2, pool=pool), seed=s).propose(History(), 1, [])[0].pool_index for s in range(6)}
+    assert len(firsts) > 1  # the centre would give one row for every seed
+    assert {policy(cube(2, pool=pool), seed=s, center=True).propose(History(), 1, [])[0].pool_index for s in range(3)} == {
+        int(np.argmin(((pool - 0.5) ** 2).sum(1)))}
+
+
 def test_the_same_history_gives_the_same_proposal():
     H = history(np.random.default_rng(1).random((10, 2)), quadratic)
     a = policy(cube(2)).propose(H, 2, [])

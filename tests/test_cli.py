@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from controller.cli import EXIT_FAILED, _print_summary, _to_csv, main
-from controller.config import load_config
+from controller.preflight import load_config
 from controller.progress import LogReporter
 
 WARNS = '''

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from controller.cli import main
-from controller.config import load_config
+from controller.preflight import load_config
 from controller.errors import UserError
 from tests.conftest import campaign_dict
 

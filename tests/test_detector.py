@@ -355,8 +355,8 @@ def test_every_point_of_the_example_campaign_space_is_accepted_by_the_simulator(
     wanted = {o["metric"] for o in cfg["objectives"]} | {c["metric"] for c in cfg["constraints"]}
     assert wanted <= set(result.metrics)
     assert all(torch.isfinite(result.metrics[m]).all() for m in wanted)
-    config = pytest.importorskip("controller.config")
-    assert config.load_config(EXAMPLE).instrument.name == "detector"
+    preflight = pytest.importorskip("controller.preflight")
+    assert preflight.load_config(EXAMPLE).instrument.name == "detector"
 
 
 # optional paths ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from controller.campaign import Campaign
 from controller.cli import EXIT_STRICT, main
-from controller.config import load_config
+from controller.preflight import load_config
 from controller.progress import SilentReporter, status_note
 from controller.results import FallbackTally
 from controller.store import TrialRecord

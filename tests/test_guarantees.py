@@ -15,7 +15,7 @@ import yaml
 
 from controller import Store
 from controller.campaign import Campaign
-from controller.config import load_config
+from controller.preflight import load_config
 from controller.progress import SilentReporter
 
 EXTRA = '''

@@ -70,9 +70,11 @@ class BotorchOptions(BaseModel):
     beta: float = Field(2.0, gt=0, description="UCB exploration weight (std multiplier sqrt(beta))")
     initial: int | None = Field(None, ge=0, description="initial-design points (the centre, then Sobol) before the model; default max(d, 6), which measured better than 2d + 2 "
                                 "(benchmarks/README.md)")
-    center: bool = Field(
-        True, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
-        "design, as Ax does: a nominal setting that a scientist would measure anyway (benchmarks/README.md)",
+    center: bool | None = Field(
+        None, description="make the centre of the box (or the pool row nearest it) the first point of the initial "
+        "design, as Ax does: a nominal setting that a scientist would measure anyway (benchmarks/README.md). Default: "
+        "on for continuous and mixed spaces, off for pools, where the centre is no nominal setting and would make "
+        "every seed's first pick the same row",
     )
     batch: int = Field(1, ge=1, description="preferred batch size; propose(n=...) decides the actual size")
     batch_mode: Literal["sequential", "joint"] = Field("sequential", description="greedy q-batch or joint optimisation")
@@ -304,7 +306,8 @@ class BotorchPolicy:
 
     def _sobol_points(self, history: History, n: int, pending: list[Proposal], extra: dict[str, Any]) -> list[Proposal]:
         first: list[Proposal] = []
-        if self.options.center and extra.get("initial_design") and not len(history) and not pending:
+        center = self.options.center if self.options.center is not None else self.space.pool is None
+        if center and extra.get("initial_design") and not len(history) and not pending:
             first = self._center()
             for p in first:
                 p.reason = {"policy": "botorch", "acquisition": "center", **extra}
