@@ -97,7 +97,7 @@ def run_one(problem: str, policy: str, seed: int, budget: int, q: int, options: 
     record.update(
         fallbacks=len(fallbacks),
         fallback_reasons=sorted(set(fallbacks))[:5],
-        decision_seconds={str(n): _seconds_near(seconds, n, q) for n in DECISION_AT if n < budget},
+        decision_seconds={str(n): _seconds_near(seconds, n, q) for n in DECISION_AT if n - 5 < budget},
         measure="hypervolume" if multi else "regret",
         trace=trace,
         final=trace[-1],
