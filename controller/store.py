@@ -197,7 +197,7 @@ class Store:
             self._unique_events()
         self.data_dir = self.path.with_name(self.path.name + ".data")
         try:
-            self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()  # reads the journal's pages: a damage probe
         except sqlite3.DatabaseError as exc:
             self.close()
             raise UserError(f"{self.path}: the store is damaged ({exc})") from None
@@ -304,16 +304,9 @@ class Store:
         """Journal a new trial 'proposed', its id allocated inside the write transaction."""
         t = time.time()
         trials = self._cache()
-        text = json.dumps(json_safe(payload), default=_json_default, allow_nan=False)
         with self._transaction():
             tid = self.db.execute("SELECT COALESCE(MAX(trial_id), -1) + 1 FROM events").fetchone()[0]
-            cur = self.db.execute(
-                "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, 1, ?, ?)",
-                (tid, "proposed", t, text),
-            )
-            rec = apply_event(trials, tid, "proposed", 1, t, json.loads(text), cur.lastrowid)
-            self._write_trial(rec)
-        self._seq = cur.lastrowid
+            rec = self._insert(trials, tid, "proposed", 1, t, payload)
         return rec
 
     def append(self, trial_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> TrialRecord:
@@ -330,16 +323,20 @@ class Store:
         out = []
         with self._transaction():
             for trial_id, kind, attempt, payload in events:
-                text = json.dumps(json_safe(payload), default=_json_default, allow_nan=False)
-                cur = self.db.execute(
-                    "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
-                    (trial_id, kind, attempt, t, text),
-                )
-                rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), cur.lastrowid)
-                self._write_trial(rec)
-                out.append(rec)
-        self._seq = cur.lastrowid
+                out.append(self._insert(trials, trial_id, kind, attempt, t, payload))
         return out
+
+    def _insert(self, trials: dict[int, TrialRecord], trial_id: int, kind: str, attempt: int, t: float,
+                payload: dict[str, Any]) -> TrialRecord:
+        """One event as strict JSON, folded into the trial states and the derived row (inside a transaction)."""
+        text = json.dumps(json_safe(payload), default=_json_default, allow_nan=False)
+        cur = self.db.execute(
+            "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
+            (trial_id, kind, attempt, t, text),
+        )
+        rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), cur.lastrowid)
+        self._write_trial(rec)
+        return rec
 
     def events(self) -> Iterator[tuple[int, int, str, int, float, dict[str, Any]]]:
         """The journal in order; a damaged file or a non-JSON payload is a UserError naming the store and seq."""
