@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import logging
@@ -33,6 +34,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="log aec's debug detail and library warnings on stderr")
+
+
+# Commands that live in their own module: each has `add_parser(sub, add_common)` (cheap to import, so
+# `aec --help` stays fast) and sets `run_command` (a function of args -> exit code that imports what it
+# needs when it runs) with `p.set_defaults(run_command=...)`.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", help="HDF5 dataset name (default: the first 2-D dataset)")
     _add_common(p)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub, _add_common)
     return parser
 
 
@@ -135,8 +144,9 @@ class _Logging:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "show": cmd_show,
-               "export": cmd_export, "report": cmd_report, "triage": cmd_triage}[args.command]
+    handlers = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "show": cmd_show,
+                "export": cmd_export, "report": cmd_report, "triage": cmd_triage}
+    handler = handlers.get(args.command) or getattr(args, "run_command")
     with _Logging(args.verbose) as tally:
         args.warning_tally = tally
         try:
