@@ -5,6 +5,8 @@ minute on two busy cores; the Branin comparison uses batches to keep model fits 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -788,3 +790,29 @@ def test_the_cached_factor_follows_hyperparameters_changed_in_place():
     assert not torch.allclose(std, before[1])
     _, std32, _ = screen_posterior(fitted, at)
     torch.testing.assert_close(std32, std, rtol=1e-4, atol=1e-7)
+
+
+def test_few_integer_levels_are_each_searched_so_rounding_the_relaxation_cannot_hide_the_better_level():
+    """An acquisition whose continuous relaxation peaks at k = 0.46 (rounds to level 0) but is higher at level 1."""
+    from botorch.acquisition import AcquisitionFunction
+    from policies.bayesian.acquisition import Outcomes
+    from policies.bayesian.search import SearchContext, SearchSettings, _optimise_once
+
+    class Bumped(AcquisitionFunction):
+        def forward(self, X: torch.Tensor) -> torch.Tensor:
+            k, rest = X[..., 0, 0], X[..., 0, 1:]
+            return torch.exp(-(((k - 0.45) / 0.3) ** 2)) + 0.2 * k - ((rest - 0.3) ** 2).sum(-1)
+
+    rng = np.random.default_rng(0)
+    X = rng.random((12, 3))
+    fitted = fit_model(TrainingData(X, X.sum(1, keepdims=True), None, ["y"]), np.array([0]), ModelSettings())
+    space = EncodedSpace(names=["k", "a", "b"], levels=[2, None, None], categorical=[False] * 3)
+    problem = Problem(space=space, objectives=[Objective("y")], seed=0)
+    ctx = SearchContext(fitted=fitted, outcomes=Outcomes.from_problem(problem), space=space,
+                        settings=SearchSettings(num_restarts=6, raw_samples=128), pending=np.zeros((0, 3)))
+    cands, values = _optimise_once(Bumped(fitted.model), ctx)
+    assert set(cands[:, 0, 0].tolist()) == {0.0, 1.0}  # every restart held one level fixed, both levels searched
+    best = cands[0, 0]
+    assert float(best[0]) == 1.0  # exp(-(0.55/0.3)^2) + 0.2 = 0.235 beats level 0's exp(-2.25) = 0.105
+    assert torch.allclose(best[1:], torch.full((2,), 0.3, dtype=best.dtype), atol=1e-3)
+    assert float(values[0]) == pytest.approx(math.exp(-((0.55 / 0.3) ** 2)) + 0.2, abs=1e-5)

@@ -7,8 +7,10 @@ optimises a q-batch jointly instead (MC acquisitions, continuous spaces, no cost
 
 - continuous spaces: `optimize_acqf` (L-BFGS-B, or SLSQP under linear constraints);
 - spaces with categories (or only binary levels): `optimize_acqf_mixed_alternating`, then `space.snap`;
-- ordinal integer levels: the continuous relaxation, snapped and re-scored (the alternating
-  mixed optimiser took 30-40 s per proposal on a 9-d detector space with one integer dimension);
+- ordinal integer levels: with at most ENUMERATE_MAX assignments, each one fixed in turn (the
+  relaxation's optimum, rounded, never revisited the other layer count of the detector study); with
+  more, the continuous relaxation, snapped and re-scored (the alternating mixed optimiser took
+  30-40 s per proposal on a 9-d detector space with one integer dimension);
 - Thompson sampling: joint posterior draws over Sobol points plus points near the incumbents.
 Pools are searched by pool_search.py, which shares the pieces defined here.
 
@@ -42,6 +44,7 @@ from policies.pareto import pareto_mask
 logger = logging.getLogger(__name__)
 
 ACQ_FTOL = 1e-6  # default relative change of the acquisition value at which L-BFGS-B stops
+ENUMERATE_MAX = 8  # ordinal level assignments searched one by one up to this many (more: the relaxation)
 
 
 @dataclass
@@ -158,22 +161,42 @@ def _discrete_structure(space: EncodedSpace) -> tuple[dict[int, list[float]], di
     return discrete, categorical, fixed
 
 
-def _feasible_starts(acqf, ctx: SearchContext, seed: int) -> torch.Tensor | None:
+def _feasible_starts(acqf, ctx: SearchContext, seed: int, restarts: int, fixed: dict[int, float]) -> torch.Tensor | None:
     """Starting points (r x 1 x d) under linear constraints, from rejection-sampled Sobol points.
 
     BoTorch's default draws them by hit-and-run on the polytope, ~2.5 s per call here; rejection
     is instant unless the feasible region is a sliver (then None: BoTorch's sampler takes over).
     """
     s = ctx.settings
-    X = sobol_candidates(ctx.space, s.raw_samples, seed)
-    if len(X) < max(4 * s.num_restarts, 32):
+    X = _with_fixed(sobol_candidates(ctx.space, s.raw_samples, seed), fixed, ctx.space)
+    if len(X) < max(4 * restarts, 32):
         return None
     values = evaluate(acqf, X, ctx)
     finite = torch.isfinite(values)
-    if int(finite.sum()) < s.num_restarts:
+    if int(finite.sum()) < restarts:
         return None
-    starts, _ = initialize_q_batch(ctx.tensor(X)[finite].unsqueeze(-2), values[finite], n=s.num_restarts)
+    starts, _ = initialize_q_batch(ctx.tensor(X)[finite].unsqueeze(-2), values[finite], n=restarts)
     return starts
+
+
+def _with_fixed(X: np.ndarray, fixed: dict[int, float], space: EncodedSpace) -> np.ndarray:
+    """Rows of X with the fixed dimensions set, keeping those that still meet the linear constraints."""
+    if not fixed or not len(X):
+        return X
+    X = X.copy()
+    for i, v in fixed.items():
+        X[:, i] = v
+    return X[space.feasible(X)]
+
+
+def _level_combinations(discrete: dict[int, list[float]]) -> list[dict[int, float]]:
+    """Every assignment of the ordinal dimensions' levels, up to ENUMERATE_MAX + 1 of them (more: stop counting)."""
+    combos: list[dict[int, float]] = [{}]
+    for i, values in discrete.items():
+        combos = [{**c, i: v} for c in combos for v in values]
+        if len(combos) > ENUMERATE_MAX:
+            break
+    return combos
 
 
 def _optimise_once(acqf, ctx: SearchContext, q: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,14 +227,37 @@ def _optimise_once_quietly(acqf, ctx: SearchContext, q: int, seed: int) -> tuple
             options={"maxiter_alternating": 16, "batch_limit": max(s.num_restarts, 8), "init_batch_limit": s.raw_samples},
         )
         return X.reshape(1, q, d), v.reshape(-1)[:1] if q == 1 else v.sum().reshape(1)
-    options: dict = {"maxiter": s.maxiter, "batch_limit": max(s.num_restarts, 8), "init_batch_limit": s.raw_samples}
+    combos = _level_combinations(discrete) if q == 1 else [{}]
+    if not discrete or len(combos) > ENUMERATE_MAX:
+        return _optimise_continuous(acqf, ctx, bounds, ineq, fixed, q, seed, s.num_restarts)
+    # few ordinal levels: optimise the continuous dimensions with each assignment fixed (as BoTorch's
+    # optimize_acqf_mixed), so a level the relaxation's optimum rounds away from is still searched
+    restarts = max(2, -(-s.num_restarts // len(combos)))
+    parts = [
+        _optimise_continuous(acqf, ctx, bounds, ineq, {**fixed, **combo}, q, seed + 104729 * j, restarts)
+        for j, combo in enumerate(combos)
+        if not ineq or len(_with_fixed(sobol_candidates(space, 64, seed), combo, space))
+    ]
+    if not parts:  # no assignment has a feasible Sobol point: let the relaxation search the polytope
+        return _optimise_continuous(acqf, ctx, bounds, ineq, fixed, q, seed, s.num_restarts)
+    X, v = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    order = torch.argsort(v, descending=True)
+    return X[order], v[order]
+
+
+def _optimise_continuous(
+    acqf, ctx: SearchContext, bounds: torch.Tensor, ineq, fixed: dict[int, float], q: int, seed: int, restarts: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-start gradient ascent over the continuous relaxation with `fixed` dimensions held."""
+    s = ctx.settings
+    options: dict = {"maxiter": s.maxiter, "batch_limit": max(restarts, 8), "init_batch_limit": s.raw_samples}
     starts = None
     if ineq is None and s.ftol is not None:
         options.update(ftol=s.ftol, factr=None)  # batched L-BFGS-B: stop once the value stops moving
     elif q == 1:
-        starts = _feasible_starts(acqf, ctx, seed)
+        starts = _feasible_starts(acqf, ctx, seed, restarts, fixed)
     X, v = optimize_acqf(
-        acqf, bounds, q=q, num_restarts=s.num_restarts, raw_samples=None if starts is not None else s.raw_samples,
+        acqf, bounds, q=q, num_restarts=restarts, raw_samples=None if starts is not None else s.raw_samples,
         inequality_constraints=ineq, fixed_features=fixed or None, batch_initial_conditions=starts,
         options=options,
         return_best_only=False, retry_on_optimization_warning=False,
