@@ -6,7 +6,7 @@ Cases (each: train on known data, test on held-out known data plus novel data):
                  unusual transient (a satellite streak, a sharp cosmic-ray hit or a ring-shaped echo).
   microscope-k   256-channel spectra from the microscope simulator; novel = pixels dominated by
                  phase k (abundance > 0.5), known = pixels with almost none of it (< 0.1).
-Methods: the autoencoder (policies.novelty.NoveltyDetector with its defaults: reconstruction error
+Methods: the autoencoder (policies.selection.NoveltyDetector with its defaults: reconstruction error
 plus latent Mahalanobis distance; 80 epochs for the cutouts), the same network scored by
 reconstruction error alone (ae-reconstruction), sklearn's IsolationForest, and PCA reconstruction
 error with as many components as the autoencoder's latent width (8).
@@ -30,7 +30,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
-from policies.novelty import Budget, DetectorOptions, NoveltyDetector, select
+from policies.selection import Budget, DetectorOptions, NoveltyDetector, select
 
 Case = tuple[np.ndarray, np.ndarray, np.ndarray]  # train known, held-out known, novel
 BUDGET, PREVALENCE, LEVEL, RESAMPLES = 0.05, 0.02, 0.05, 200

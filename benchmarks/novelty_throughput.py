@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.novelty import DetectorOptions, NoveltyDetector
+from policies.selection import DetectorOptions, NoveltyDetector
 
 TARGET_256_CPU = 2e5
 

@@ -1,7 +1,7 @@
 """Offline triage: score every event of an array file against a reference set and keep the novel ones.
 
 `triage(reference, input, keep, out)` learns the reference events with an autoencoder
-(`policies.novelty.NoveltyDetector`), streams the input in chunks (a memory-mapped .npy, an .npz
+(`policies.selection.NoveltyDetector`), streams the input in chunks (a memory-mapped .npy, an .npz
 member read sequentially, or HDF5 slices), so input files larger than memory work, and writes to
 `out/`: `scores.npy` (one float per input row, higher is more novel), `pvalues.npy` (conformal
 p-values against held-out reference events) and `kept.npy` (the kept row indices, sorted): the
@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from controller.errors import UserError
-from policies.novelty import Budget, DetectorOptions, NoveltyDetector, SelectionError, select
+from policies.selection import Budget, DetectorOptions, NoveltyDetector, SelectionError, select
 
 logger = logging.getLogger(__name__)
 

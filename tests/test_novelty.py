@@ -15,9 +15,9 @@ from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from policies.autoencoders import ConvAutoencoder, architecture_for, build_autoencoder
+from policies.selection.autoencoders import ConvAutoencoder, architecture_for, build_autoencoder
 from policies.base import Decision
-from policies.novelty import (
+from policies.selection import (
     Budget,
     DetectorOptions,
     NoveltyDetector,
@@ -108,7 +108,7 @@ def test_detector_checkpoint_round_trip_gives_identical_scores(detector):
 
 
 def test_training_progress_logs_rate_and_eta(caplog):
-    with caplog.at_level(logging.INFO, logger="policies.autoencoders"):
+    with caplog.at_level(logging.INFO, logger="policies.selection.training"):
         NoveltyDetector(DetectorOptions(epochs=3, progress="log"), seed=0).fit(spectra(40, np.random.default_rng(5)))
     assert any("epochs/s" in r.getMessage() for r in caplog.records)
 

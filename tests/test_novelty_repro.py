@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from policies.novelty import NoveltyDetector, NoveltySelector
+from policies.selection import NoveltyDetector, NoveltySelector
 from tests.test_novelty import novel_spectra, selector_options, spectra
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from controller.errors import UserError
 from controller.triage import ArrayFile, load_array, triage
-from policies.novelty import DetectorOptions
+from policies.selection import DetectorOptions
 
 FAST = DetectorOptions(epochs=30, patience=8)
 GRID = np.linspace(0.0, 1.0, 24)
