@@ -1,12 +1,22 @@
-"""Any simulator from the `simulators` package as an instrument (one batch of one per measurement)."""
+"""Any simulator from the `simulators` package as an instrument (one batch of one per measurement).
+
+Placement: a simulator without a `device` option runs on the GPU its worker was given (Ray sets
+CUDA_VISIBLE_DEVICES for a worker with `gpus_per_worker`), else on the CPU. A worker given a GPU
+that torch cannot use measures on the CPU, says so once in the log, and marks every measurement
+with a `fallback` reason, which the campaign counts.
+"""
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 from typing import Any
 
 from instruments.base import InstrumentError, Measurement
 from simulators import SimulatorError, create, factory
 from simulators.base import as_batch
+
+log = logging.getLogger(__name__)
 
 
 class SimulatedInstrument:
@@ -18,6 +28,7 @@ class SimulatedInstrument:
             factory_sig = _signature_of(name)
             if seed is not None and "seed" not in options and (factory_sig is None or "seed" in factory_sig):
                 options["seed"] = seed
+            self.fallback = _place_on_given_gpu(name, options, factory_sig)
             self.simulator = create(name, **options)
         except SimulatorError as exc:
             raise InstrumentError(f"instrument: simulator {name!r}: {exc}", retryable=False) from None
@@ -40,7 +51,10 @@ class SimulatedInstrument:
         except SimulatorError as exc:
             raise InstrumentError(f"{self.name}: {exc}", retryable=False) from None
         metrics, sem, data, meta = result.row(0)
-        return Measurement(metrics=metrics, sem=sem, data=data, metadata=dict(meta))
+        meta = dict(meta)
+        if self.fallback:
+            meta["fallback"] = self.fallback
+        return Measurement(metrics=metrics, sem=sem, data=data, metadata=meta)
 
     def move_cost(self, a: dict[str, Any], b: dict[str, Any]) -> float:
         fn = getattr(self.simulator, "move_cost", None)
@@ -49,6 +63,31 @@ class SimulatedInstrument:
     @property
     def has_move_cost(self) -> bool:
         return callable(getattr(self.simulator, "move_cost", None))
+
+
+def given_gpus() -> str:
+    """The GPUs this process was given (CUDA_VISIBLE_DEVICES, as Ray sets it for a GPU worker); '' for none."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return "" if value in ("", "-1", "NoDevFiles") else value
+
+
+def _place_on_given_gpu(name: str, options: dict[str, Any], factory_sig: set[str] | None) -> str | None:
+    """Set options['device'] to the given GPU where the user chose none; the fallback reason when torch cannot use it."""
+    gpus = given_gpus()
+    if not gpus or "device" in options or (factory_sig is not None and "device" not in factory_sig):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        options["device"] = "cuda"
+        log.info("simulator %s placed on the worker's GPU (CUDA_VISIBLE_DEVICES=%s)", name, gpus)
+        return None
+    why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA driver or device is usable"
+    reason = (f"simulator {name}: the worker was given GPU {gpus} (CUDA_VISIBLE_DEVICES) but torch cannot use it "
+              f"({why}); measured on the CPU")
+    options["device"] = "cpu"
+    log.warning(reason)
+    return reason
 
 
 def _signature_of(name: str) -> set[str] | None:
