@@ -17,11 +17,13 @@ from controller.progress import SilentReporter, status_note
 from controller.results import FallbackTally
 from controller.store import TrialRecord
 from policies import PolicyFallbackError
+from policies.base import History
 
 # botorch with an outcome constraint on a metric the instrument never reports: every proposal after
 # the initial design is a Sobol point, because no model of 'c' can be fitted.
 NO_C = dict(policy={"kind": "botorch", "initial": 3, "num_restarts": 2, "raw_samples": 32, "strict": False},
-            constraints=[{"metric": "c", "op": "<=", "bound": 1.0}])
+            constraints=[{"metric": "c", "op": "<=", "bound": 1.0}],
+            executor={"kind": "local", "workers": 1, "lookahead": 0})  # lookahead would extend the design instead
 
 
 class Recorder(SilentReporter):
@@ -76,7 +78,8 @@ def test_the_progress_line_counts_fallbacks_and_the_first_of_each_reason_is_prin
 @pytest.mark.parametrize("how", ["file", "env"])
 def test_strict_mode_raises_instead_and_the_store_resumes(write_campaign, how):
     policy = dict(NO_C["policy"], strict=True) if how == "file" else {k: v for k, v in NO_C["policy"].items() if k != "strict"}
-    path = write_campaign("strict", trials=6, policy=policy, constraints=NO_C["constraints"])
+    path = write_campaign("strict", trials=6, policy=policy, constraints=NO_C["constraints"],
+                          executor=NO_C["executor"])
     run = _cli("run", str(path), env={"AEC_STRICT": "1"})
     assert run.returncode == EXIT_STRICT
     assert "error: policy botorch would have fallen back (strict mode): too few completed observations" in run.stderr
@@ -124,3 +127,21 @@ def test_the_tally_groups_reasons_and_writes_trial_ranges():
     assert tally.to_json() == {"count": 5, "reasons": [{"reason": "A", "count": 4, "trials": "1-3, 7"},
                                                        {"reason": "B", "count": 1, "trials": "9"}]}
     assert np.isclose(FallbackTally({}).count, 0)
+
+
+def test_more_workers_than_the_initial_design_extend_it_instead_of_falling_back():
+    """With the initial design's results still pending, extra proposals are more of the design, not a fallback."""
+    from policies.base import Observation, Proposal
+    from tests.bayes_helpers import cube, policy
+
+    pol = policy(cube(2), initial=3, strict=True)
+    history = History()
+    history.append(Observation(trial_id=0, x=np.array([0.5, 0.5]), metrics={"y": 1.0}))
+    pending = [Proposal(x=np.array([0.1 * k, 0.2]), reason={}) for k in range(1, 4)]
+    out = pol.propose(history, 2, pending)  # strict: a fallback would raise
+    assert len(out) == 2 and all(p.reason["initial_design"] and "extended" in p.reason for p in out)
+    assert not any("fallback" in p.reason for p in out)
+    for k in range(1, 3):
+        history.append(Observation(trial_id=k, x=np.array([0.3 * k, 0.1]), metrics={"z": 1.0}))  # 'y' never came
+    with pytest.raises(PolicyFallbackError, match="too few completed observations"):
+        pol.propose(history, 1, pending)  # the design's results are in and still no model: a real fallback

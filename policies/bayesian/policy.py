@@ -278,6 +278,10 @@ class BotorchPolicy:
         counts = np.isfinite(data.Y).sum(axis=0)
         if (counts < 2).any():
             short = [m for m, c in zip(data.metrics, counts) if c < 2]
+            if pending and len(history) < self.initial:  # more workers than the design: its results are still coming
+                return self._sobol_points(history, n, pending, {
+                    "initial_design": True, "initial": self.initial,
+                    "extended": f"waiting for {len(pending)} pending trial(s): too few completed observations of {short} yet"})
             return self._fall_back(history, n, pending, f"too few completed observations of {short} to fit a model")
         try:
             with _threads(self.options.num_threads), manual_seed(seed):
