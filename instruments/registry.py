@@ -27,4 +27,12 @@ def build_instrument(spec: dict[str, Any], base_dir: str | Path, seed: int = 0,
         from instruments.recorded import RecordedInstrument
 
         return RecordedInstrument(spec["file"], parameter_names or [], spec.get("metrics"), base_dir=base_dir)
+    if kind == "epics":
+        from instruments.epics import EpicsInstrument
+
+        return EpicsInstrument(**{k: v for k, v in spec.items() if k != "kind"})
+    if kind == "ophyd":
+        from instruments.ophyd import OphydInstrument
+
+        return OphydInstrument(spec, base_dir=base_dir, parameter_names=parameter_names)
     raise InstrumentError(f"instrument.kind: unknown kind {kind!r}", retryable=False)

@@ -2,7 +2,8 @@
 how busy the workers were."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.errors import UserError
@@ -18,6 +19,11 @@ class Trial:
     id: int
     attempt: int
     params: dict[str, Any]
+    reason: dict[str, Any] = field(default_factory=dict)
+
+    def context(self) -> dict[str, Any]:
+        """What an instrument may record with the measurement (a bluesky start document): trial, attempt, reason."""
+        return {"trial_id": self.id, "attempt": self.attempt, "reason": self.reason}
 
 
 @dataclass
@@ -35,10 +41,17 @@ class TrialResult:
         return self.measurement is not None
 
 
-def run_measurement(instrument: Instrument, params: dict[str, Any]) -> tuple[Measurement | None, str | None, bool]:
-    """Measure once: (measurement, None, _) on success, (None, message, retryable) on failure."""
+def run_measurement(instrument: Instrument, params: dict[str, Any],
+                    context: dict[str, Any] | None = None) -> tuple[Measurement | None, str | None, bool]:
+    """Measure once: (measurement, None, _) on success, (None, message, retryable) on failure.
+
+    `context` (Trial.context()) goes to instruments whose measure() takes a `context` argument.
+    """
     try:
-        m = instrument.measure(dict(params))
+        if context is not None and "context" in inspect.signature(instrument.measure).parameters:
+            m = instrument.measure(dict(params), context=context)
+        else:
+            m = instrument.measure(dict(params))
         if not isinstance(m, Measurement):
             m = Measurement.from_value(m)
         return m, None, True

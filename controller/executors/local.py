@@ -52,7 +52,7 @@ class _Slot:
             if stopping.is_set():
                 m, err, retry = None, "aborted before it started", True
             else:
-                m, err, retry = run_measurement(instrument, trial.params)
+                m, err, retry = run_measurement(instrument, trial.params, trial.context())
             self.results.put((self.index, generation, TrialResult(
                 trial, m, err, retry, f"local-{self.index}", started, time.time())))
 

@@ -144,7 +144,7 @@ class RayExecutor:
         if w is None:
             raise RuntimeError("no free worker; check free_slots() before submit()")
         w.trial, w.started, w.aborted_at = trial, time.time(), None
-        w.ref = w.actor.measure.remote(trial.params)
+        w.ref = w.actor.measure.remote(trial.params, trial.context())
         self.utilisation.submitted(w.started)
 
     def completed(self, timeout: float) -> list[TrialResult]:

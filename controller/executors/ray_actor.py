@@ -31,12 +31,12 @@ class InstrumentActor:
         """Whether the instrument was built (or why not), and where this worker runs."""
         return {"error": self.error, "pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES") or ""}
 
-    def measure(self, params: dict[str, Any]) -> tuple[Measurement | None, str | None, bool, float, float]:
+    def measure(self, params: dict[str, Any], context: dict[str, Any] | None = None) -> tuple[Measurement | None, str | None, bool, float, float]:
         """(measurement, error, retryable, started, finished); the times are this worker's own clock."""
         started = time.time()
         if self.instrument is None:
             return None, self.error, False, started, time.time()
-        m, err, retry = run_measurement(self.instrument, params)
+        m, err, retry = run_measurement(self.instrument, params, context)
         return m, err, retry, started, time.time()
 
     def abort(self) -> bool:

@@ -1,0 +1,278 @@
+"""EPICS Channel Access (issue 14, item 4): campaigns against the example caproto IOC on loopback.
+
+The IOC (examples/epics_ioc.py, with its default prefix and specimen) runs in a subprocess on a free
+port; the client finds it through EPICS_CA_ADDR_LIST=127.0.0.1 with auto address lists off, as on a
+facility's isolated network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from controller.campaign import Campaign
+from controller.cli import EXIT_FAILED, EXIT_USER, main
+from controller.preflight import load_config
+from controller.store import Store
+from instruments.base import InstrumentError, InstrumentTimeout
+from instruments.epics import EpicsInstrument
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "microscope_epics.yaml"
+PREFIX = "aec:microscope:"
+SIZE = 128
+TOLERANCE = 0.01
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class IOC:
+    """examples/epics_ioc.py in a subprocess on a loopback port; start() again after kill() serves the same PVs."""
+
+    def __init__(self, port: int, speed: float = 400.0, dwell: float = 0.1):
+        self.port, self.speed, self.dwell = port, speed, dwell
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "IOC":
+        env = {**os.environ, "EPICS_CA_SERVER_PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "epics_ioc.py"), "--interfaces", "127.0.0.1",
+             "--speed", str(self.speed), "--settle", "0.01", "--dwell", str(self.dwell), "-q"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, "the example IOC exited at start-up"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                assert time.monotonic() < deadline, "the example IOC did not start listening within 60 s"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ca_env():
+    """Client-side Channel Access settings: loopback only, and this module's own server port."""
+    port = _free_port()
+    saved = {k: os.environ.get(k) for k in ("EPICS_CA_ADDR_LIST", "EPICS_CA_AUTO_ADDR_LIST", "EPICS_CA_SERVER_PORT")}
+    os.environ.update(EPICS_CA_ADDR_LIST="127.0.0.1", EPICS_CA_AUTO_ADDR_LIST="NO", EPICS_CA_SERVER_PORT=str(port))
+    yield port
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ioc(ca_env):
+    server = IOC(ca_env).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def client(ioc):
+    """A Channel Access client of the test's own, to put and get the IOC's PVs by name."""
+    from caproto.threading.client import Context
+
+    ctx = Context()
+    yield lambda name: ctx.get_pvs(PREFIX + name)[0]
+    ctx.disconnect(wait=False)
+
+
+def instrument_spec(timeout: float = 3.0, **changes) -> dict:
+    axes = {a: {"setpoint": a.upper(), "readback": f"{a.upper()}_RBV", "tolerance": TOLERANCE,
+                "done": f"{a.upper()}_DMOV", "stop": "STOP"} for a in ("x", "y")}
+    spec = {"kind": "epics", "prefix": PREFIX, "parameters": axes,
+            "trigger": {"pv": "ACQUIRE", "value": 1, "done": "ACQUIRE_DONE", "done_value": 1},
+            "metrics": {"peak_ratio": "PEAK_RATIO", "total_counts": "TOTAL_COUNTS"}, "data": "SPECTRUM",
+            "timeout": timeout, "move_timeout": 20.0, "acquire_timeout": 20.0}
+    spec.update(changes)
+    return spec
+
+
+def write_campaign(folder: Path, name: str, trials: int, attempts: int = 3, max_failures: int | None = None,
+                   **instrument) -> Path:
+    data = {
+        "name": name, "seed": 5,
+        "space": {"parameters": [{"name": a, "type": "real", "low": 0.0, "high": SIZE - 1.0} for a in ("x", "y")]},
+        "objectives": [{"metric": "peak_ratio", "goal": "maximize"}],
+        "instrument": instrument_spec(**instrument),
+        "policy": {"kind": "sobol"},
+        "executor": {"attempts": attempts, "timeout": 60},
+        "budget": {"trials": trials, **({"max_failures": max_failures} if max_failures is not None else {})},
+        "store": str(folder / f"{name}.db"),
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _instrument(**changes) -> EpicsInstrument:
+    spec = instrument_spec(**changes)
+    spec.pop("kind")
+    return EpicsInstrument(**spec)
+
+
+def test_the_example_campaign_sets_reads_back_and_stores_the_waveform_through_channel_access(ioc, tmp_path, capsys):
+    store_path = str(tmp_path / "ca.db")
+    assert main(["run", str(EXAMPLE), "--trials", "4", "--store", store_path, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", store_path, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["completed"] * 4
+    with Store(store_path) as store:
+        for row in rows:
+            spectrum = store.read_data(row["data"])
+            assert spectrum.shape == (256,)
+            assert spectrum.sum() == pytest.approx(row["metrics"]["total_counts"])  # the same acquisition's waveform
+        completed = [p for _, _, kind, _, _, p in store.events() if kind == "completed"]
+    assert len({tuple(r["params"].values()) for r in rows}) == 4
+    for row, payload in zip(rows, completed):
+        for axis in ("x", "y"):
+            assert abs(payload["metadata"][f"{axis}_readback"] - row["params"][axis]) <= TOLERANCE
+
+
+def test_a_monitor_update_ends_the_acquisition_so_each_measurement_reads_a_fresh_one(ioc):
+    inst = _instrument(trigger={"pv": "ACQUIRE", "monitor": "COUNTER"},
+                       metrics={"n": "COUNTER", "total_counts": "TOTAL_COUNTS"})
+    try:
+        counts = [inst.measure({"x": 3.0 + i, "y": 7.0}).metrics["n"] for i in range(3)]
+    finally:
+        inst.close()
+    assert np.diff(counts).tolist() == [1.0, 1.0]
+
+
+def test_a_setpoint_the_stage_refuses_fails_naming_the_readback(ioc):
+    inst = _instrument()
+    try:
+        with pytest.raises(InstrumentError, match=rf"x did not reach 200 .*{PREFIX}X_RBV reads"):
+            inst.measure({"x": 200.0, "y": 1.0})
+    finally:
+        inst.close()
+
+
+def test_abort_puts_stop_and_ends_the_measurement_mid_move(client):
+    inst = _instrument()
+    try:
+        inst.measure({"x": 0.0, "y": 0.0})
+        client("VELO").write([5.0], wait=True, timeout=3)  # 30 pixels now take 6 s
+        outcome: dict = {}
+
+        def measure():
+            t0 = time.monotonic()
+            try:
+                inst.measure({"x": 30.0, "y": 0.0})
+            except InstrumentError as exc:
+                outcome["error"] = exc
+            outcome["took"] = time.monotonic() - t0
+
+        worker = threading.Thread(target=measure)
+        worker.start()
+        time.sleep(0.5)
+        inst.abort()
+        worker.join(10)
+        rbv, dmov = (client(n).read(timeout=3).data[0] for n in ("X_RBV", "X_DMOV"))
+    finally:
+        client("VELO").write([400.0], wait=True, timeout=3)
+        inst.close()
+    assert isinstance(outcome["error"], InstrumentTimeout) and outcome["took"] < 2.0
+    assert dmov == 1 and 0.0 <= rbv < 15.0  # stopped at once, far short of 30 (6 s away)
+
+
+def test_a_server_that_stops_answering_gives_put_and_get_timeouts_naming_the_pv(ioc):
+    inst = _instrument(timeout=0.5)
+    try:
+        inst.measure({"x": 1.0, "y": 1.0})
+        os.kill(ioc.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(InstrumentError, match=rf"PV {PREFIX}X did not answer a put within 0.5 s") as info:
+                inst.measure({"x": 2.0, "y": 1.0})
+            took = time.monotonic() - t0
+        finally:
+            os.kill(ioc.proc.pid, signal.SIGCONT)
+        assert info.value.retryable and took < 3.0
+        time.sleep(0.5)
+        assert inst.measure({"x": 2.0, "y": 1.0}).metrics["total_counts"] > 0  # the same client recovers
+    finally:
+        inst.close()
+
+
+def test_killing_the_ioc_mid_campaign_is_a_retryable_failure_naming_the_pv_and_the_campaign_goes_on(
+        ca_env, tmp_path, monkeypatch):
+    port = _free_port()  # its own server, which it kills and restarts
+    monkeypatch.setenv("EPICS_CA_SERVER_PORT", str(port))
+    server = IOC(port, dwell=0.25).start()  # slow enough that the kill lands mid-campaign
+    try:
+        path = write_campaign(tmp_path, "kill", trials=8, attempts=50, timeout=0.5)
+        campaign = Campaign(load_config(path))
+        runner = threading.Thread(target=campaign.run)
+        runner.start()
+        reader = Store(tmp_path / "kill.db")  # its journal is read live; its trials() would be a snapshot
+        _wait_until(lambda: any(k == "completed" for _, _, k, _, _, _ in reader.events()), 60)
+        server.kill()
+        _wait_until(lambda: any(k == "failed" for _, _, k, _, _, _ in reader.events()), 30)
+        server.start()
+        runner.join(120)
+        assert not runner.is_alive()
+        failures = [p["error"] for _, _, k, _, _, p in reader.events() if k == "failed"]
+        reader.close()
+        trials = campaign.store.trials()
+        campaign.close()
+    finally:
+        server.kill()
+    assert [t.status for t in trials] == ["completed"] * 8
+    assert failures and all(f"PV {PREFIX}" in e and ("disconnected" in e or "did not answer" in e) for e in failures)
+    assert max(t.attempts for t in trials) > 1
+
+
+def test_a_pv_no_server_has_fails_every_trial_naming_it_and_the_run_ends_cleanly(ioc, tmp_path, capsys):
+    path = write_campaign(tmp_path, "missing", trials=2, attempts=2, max_failures=2, timeout=0.5,
+                          metrics={"peak_ratio": "PEAK_RATIO", "gain": "NO_SUCH_PV"})
+    assert main(["run", str(path), "--quiet"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"PV {PREFIX}NO_SUCH_PV is disconnected" in err and "Traceback" not in err
+    with Store(tmp_path / "missing.db") as store:
+        assert {t.status for t in store.trials()} == {"failed"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"parameters": {"x": {"setpoint": "X"}}}, "instrument.parameters: no PV for parameter(s) y"),
+    ({"metrics": {"total_counts": "TOTAL_COUNTS"}}, "objectives[0].metric: 'peak_ratio' is not one of instrument.metrics"),
+    ({"data": "SPEC TRUM"}, "instrument.data: a PV name must be non-empty text without spaces"),
+    ({"parameters": {"x": {"setpoint": "X", "readback": "X_RBV"}, "y": "Y"}},
+     "instrument.parameters.x: 'readback' and 'tolerance' go together"),
+])
+def test_mistakes_in_the_instrument_section_are_one_line_field_errors(tmp_path, capsys, change, message):
+    path = write_campaign(tmp_path, "bad", trials=1, **change)
+    assert main(["validate", str(path)]) == EXIT_USER
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def _wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the campaign"
+        time.sleep(0.05)
