@@ -1,25 +1,22 @@
-"""Figures and an HTML report from a store: convergence, Pareto front, and scan map for 2-D pools."""
+"""A campaign's report, rebuilt from its store every time: one self-contained index.html (figures inlined) and
+the same figures as PNG files: convergence, the Pareto front (pairwise for 3+ objectives), the scan map with
+the model's mean and standard deviation for pool and grid spaces, and novelty over time, kept and dropped."""
 from __future__ import annotations
 
-import html
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from controller.results import feasible, pareto_summary
+from controller import report_html as H
 from controller.errors import UserError
+from controller.results import FallbackTally, best_trial, feasible, pareto_summary
 from controller.store import Store, TrialRecord
 from policies.base import Objective, OutcomeConstraint
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+SCAN_ROWS = 20_000
+"""Pool rows drawn in the model maps at most (a random subset beyond), so a huge grid stays quick."""
 
 
 def report_dir(store_path: Path) -> Path:
@@ -32,10 +29,14 @@ def _problem(config: dict[str, Any]) -> tuple[list[Objective], list[OutcomeConst
     return objs, cons
 
 
-def convergence_figure(records: list[TrialRecord], objective: Objective, constraints: list[OutcomeConstraint], path: Path) -> Path:
-    plt = _pyplot()
-    done = [r for r in records if r.status == "completed" and objective.metric in r.metrics]
-    done.sort(key=lambda r: r.completed_seq or r.id)
+def _done(records: list[TrialRecord], metrics: list[str]) -> list[TrialRecord]:
+    out = [r for r in records if r.status == "completed" and all(m in r.metrics for m in metrics)]
+    return sorted(out, key=lambda r: (r.completed_seq or 0, r.id))
+
+
+def convergence_figure(records: list[TrialRecord], objective: Objective, constraints: list[OutcomeConstraint]):
+    plt = H.pyplot()
+    done = _done(records, [objective.metric])
     y = np.array([r.metrics[objective.metric] for r in done])
     ok = np.array([feasible(r, [objective], constraints) for r in done], dtype=bool)
     best, incumbent = [], None
@@ -43,104 +44,233 @@ def convergence_figure(records: list[TrialRecord], objective: Objective, constra
         if f and (incumbent is None or objective.sign() * v > objective.sign() * incumbent):
             incumbent = v
         best.append(np.nan if incumbent is None else incumbent)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 5.2))
     n = np.arange(1, len(y) + 1)
-    ax.scatter(n[ok], y[ok], s=12, alpha=0.6, label="measured")
+    ax.scatter(n[ok], y[ok], s=22, alpha=0.6, label="measured")
     if (~ok).any():
-        ax.scatter(n[~ok], y[~ok], s=12, marker="x", color="grey", label="infeasible")
-    ax.plot(n, best, color="C3", lw=2, label="best so far")
-    ax.set_xlabel("trial (completion order)")
+        ax.scatter(n[~ok], y[~ok], s=22, marker="x", color="grey", label="infeasible")
+    ax.plot(n, best, color="C3", lw=2.5, label="best so far")
+    ax.set_xlabel("measurement (completion order)")
     ax.set_ylabel(objective.metric)
-    ax.set_title(f"{objective.metric}: {'maximise' if objective.maximize else 'minimise'}")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.set_title(f"convergence: {objective.metric} ({'maximise' if objective.maximize else 'minimise'})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return fig
 
 
-def pareto_figure(records: list[TrialRecord], objectives: list[Objective], constraints: list[OutcomeConstraint], path: Path) -> Path:
-    plt = _pyplot()
+def pareto_figure(records: list[TrialRecord], objectives: list[Objective], constraints: list[OutcomeConstraint]):
+    plt = H.pyplot()
     ps = pareto_summary(records, objectives, constraints)
     pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.4 * len(pairs), 4.0), dpi=110, squeeze=False)
-    done = [r for r in records if r.status == "completed" and all(o.metric in r.metrics for o in objectives)]
+    cols = min(len(pairs), 3)
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 5.0 * rows), squeeze=False)
+    done = _done(records, [o.metric for o in objectives])
     front_ids = {r.id for r in ps.trials}
-    for ax, (i, j) in zip(axes[0], pairs):
+    for ax, (i, j) in zip(axes.flat, pairs):
         mi, mj = objectives[i].metric, objectives[j].metric
-        ax.scatter([r.metrics[mi] for r in done], [r.metrics[mj] for r in done], s=10, alpha=0.4, label="measured")
+        ax.scatter([r.metrics[mi] for r in done], [r.metrics[mj] for r in done], s=18, alpha=0.45, label="measured")
         front = sorted((r for r in done if r.id in front_ids), key=lambda r: r.metrics[mi])
-        ax.scatter([r.metrics[mi] for r in front], [r.metrics[mj] for r in front], s=22, color="C3", label="Pareto set")
+        ax.scatter([r.metrics[mi] for r in front], [r.metrics[mj] for r in front], s=40, color="C3", label="Pareto set")
         ax.set_xlabel(mi)
         ax.set_ylabel(mj)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
     hv = "n/a" if ps.hypervolume is None else f"{ps.hypervolume:.6g}"
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Pareto front ({len(ps.trials)} points, hypervolume {hv})", fontsize=10)
+    axes[0][0].legend()
+    fig.suptitle(f"Pareto front: {len(ps.trials)} points, hypervolume {hv}" + (" (pairwise)" if len(pairs) > 1 else ""))
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def scan_figure(records: list[TrialRecord], names: list[str], metric: str, path: Path) -> Path:
-    plt = _pyplot()
-    done = [r for r in records if r.status == "completed" and metric in r.metrics]
+def scan_figure(records: list[TrialRecord], names: list[str], metric: str, model: dict[str, np.ndarray] | None):
+    """Measured points over the first two parameters; with `model`, its mean and std over the pool beside them."""
+    plt = H.pyplot()
+    done = _done(records, [metric])
     x = [float(r.params[names[0]]) for r in done]
     y = [float(r.params[names[1]]) for r in done]
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
-    sc = ax.scatter(x, y, c=[r.metrics[metric] for r in done], s=30, cmap="viridis")
-    ax.plot(x, y, color="k", lw=0.4, alpha=0.4)
+    panels = 3 if model is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 5.2), squeeze=False)
+    ax = axes[0][0]
+    sc = ax.scatter(x, y, c=[r.metrics[metric] for r in done], s=40, cmap="viridis", edgecolors="k", linewidths=0.3)
+    ax.plot(x, y, color="k", lw=0.5, alpha=0.4)
     fig.colorbar(sc, ax=ax, label=metric)
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
-    ax.set_title(f"scan map: {metric} ({len(done)} points, in measurement order)")
+    ax.set_title(f"scan map: {metric}, {len(done)} measurements in order")
+    if model is not None:
+        for ax2, key, cmap in ((axes[0][1], "mean", "viridis"), (axes[0][2], "std", "magma")):
+            size = float(np.clip(12_000 / max(len(model["x"]), 1), 4, 40))
+            s2 = ax2.scatter(model["x"], model["y"], c=model[key], s=size, cmap=cmap)
+            ax2.scatter(x, y, s=14, facecolors="none", edgecolors="w", linewidths=0.8)
+            fig.colorbar(s2, ax=ax2, label=f"model {key} of {metric}")
+            ax2.set_title(f"model {'mean' if key == 'mean' else 'standard deviation'} over the pool")
+    for a in axes[0]:
+        a.set_xlabel(names[0])
+        a.set_ylabel(names[1])
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def write_figures(store: Store, out: Path | None = None) -> list[Path]:
-    """Write the PNG figures that fit this campaign into `out` (default `<store>.report/`); returns their paths."""
+def novelty_figure(records: list[TrialRecord]):
+    """Novelty score per measurement, kept or dropped, and the number kept so far."""
+    plt = H.pyplot()
+    done = [r for r in _done(records, []) if r.novelty is not None]
+    n = np.arange(1, len(done) + 1)
+    s = np.array([r.novelty for r in done])
+    kept = np.array([bool(r.kept) for r in done])
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    ax.scatter(n[kept], s[kept], s=26, color="C2", label=f"kept ({kept.sum()})")
+    ax.scatter(n[~kept], s[~kept], s=18, color="grey", alpha=0.6, label=f"dropped ({(~kept).sum()})")
+    ax.set_xlabel("measurement (completion order)")
+    ax.set_ylabel("novelty score")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(n, np.cumsum(kept), color="C1", lw=2, label="kept so far")
+    ax2.set_ylabel("data products kept so far")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left")
+    ax.set_title("novelty over time")
+    return fig
+
+
+def pool_model(config: dict[str, Any], base_dir: Path, records: list[TrialRecord], names: list[str],
+               metric: str, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """A GP (BoTorch SingleTaskGP) fitted on the measurements, predicted over the pool rows; None when the
+    space has no pool table here (a simulator's catalogue) or there are too few measurements."""
+    from controller.config import SpaceConfig
+    from controller.space import Space
+
+    pool_cfg = (config.get("space") or {}).get("pool")
+    if not pool_cfg or pool_cfg.get("simulator"):
+        return None
+    done = [r for r in _done(records, [metric]) if r.x]
+    if len(done) < 3:
+        return None
+    try:
+        space = Space.from_config(SpaceConfig.model_validate(config["space"]), base_dir)
+    except (UserError, ValueError, OSError):
+        return None
+    if space.pool is None or not all(n in space.names for n in names):
+        return None
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    X = torch.tensor(np.array([r.x for r in done]), dtype=torch.float64)
+    Y = torch.tensor([[r.metrics[metric]] for r in done], dtype=torch.float64)
+    model = SingleTaskGP(X, Y)
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    rows = np.arange(len(space.pool))
+    if len(rows) > SCAN_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, SCAN_ROWS, replace=False))
+    enc = space.encoded().pool[rows]
+    with torch.no_grad():
+        post = model.posterior(torch.tensor(enc, dtype=torch.float64))
+        mean = post.mean.squeeze(-1).numpy()
+        std = post.variance.clamp_min(0).sqrt().squeeze(-1).numpy()
+    i, j = space.names.index(names[0]), space.names.index(names[1])
+    return {"x": space.pool[rows, i], "y": space.pool[rows, j], "mean": mean, "std": std}
+
+
+def _figures(store: Store) -> list[tuple[str, str, Any]]:
+    """(file name, caption, matplotlib figure) for what fits this campaign."""
     config = store.config()
     objectives, constraints = _problem(config)
     records = store.trials()
     if not any(r.status == "completed" for r in records):
         return []
-    out = _writable(out or report_dir(store.path))
-    paths = []
+    out = []
     if len(objectives) == 1:
-        paths.append(convergence_figure(records, objectives[0], constraints, out / "convergence.png"))
+        out.append(("convergence.png", "each measurement and the best so far",
+                    convergence_figure(records, objectives[0], constraints)))
     else:
-        paths.append(pareto_figure(records, objectives, constraints, out / "pareto.png"))
+        out.append(("pareto.png", "measured trials and the Pareto set, every pair of objectives",
+                    pareto_figure(records, objectives, constraints)))
     space = config.get("space") or {}
     first = next((r for r in records if r.status == "completed"), None)
-    numeric = [k for k, v in (first.params if first else {}).items() if isinstance(v, (int, float))]
+    numeric = [k for k, v in (first.params if first else {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if space.get("pool") is not None and len(numeric) >= 2:
-        paths.append(scan_figure(records, numeric[:2], objectives[0].metric, out / "scan.png"))
+        base_dir = Path(store.get_meta("base_dir", ".") or ".")
+        try:
+            model = pool_model(config, base_dir, records, numeric[:2], objectives[0].metric, config.get("seed", 0))
+        except Exception:  # noqa: BLE001 - a model that cannot be fitted leaves the measured map
+            model = None
+        caption = "measured map" + ("; the GP's mean and standard deviation over the pool" if model else
+                                    " (no model map: the pool table is not readable here or too few measurements)")
+        out.append(("scan.png", caption, scan_figure(records, numeric[:2], objectives[0].metric, model)))
+    if any(r.novelty is not None for r in records):
+        out.append(("novelty.png", "novelty score per measurement, kept or dropped", novelty_figure(records)))
+    return out
+
+
+def write_figures(store: Store, out: Path | None = None) -> list[Path]:
+    """Write the PNG figures that fit this campaign into `out` (default `<store>.report/`); returns their paths."""
+    figs = _figures(store)
+    if not figs:
+        return []
+    out = _writable(out or report_dir(store.path))
+    paths = []
+    for name, _, fig in figs:
+        H.png(fig, out / name)
+        paths.append(out / name)
     return paths
 
 
 def write_html(store: Store, out: Path | None = None) -> Path:
-    """An index.html with the figures and a table of trials, in `out` (default `<store>.report/`)."""
+    """index.html (self-contained) and the PNG figures in `out` (default `<store>.report/`), from the store now."""
     out = _writable(out or report_dir(store.path))
-    figures = write_figures(store, out)
     config = store.config()
     records = store.trials()
+    objectives, constraints = _problem(config)
+    sections = [H.section("summary", _summary(config, records, objectives, constraints))]
+    figs = [H.figure(H.png(fig, out / name), caption, wide=name in ("scan.png", "pareto.png"))
+            for name, caption, fig in _figures(store)]
+    if figs:
+        sections.append(H.section("figures", f'<div class="figs">{"".join(figs)}</div>'))
+    sections.append(H.section(f"trials ({len(records)})", _trial_table(records)))
+    subtitle = (f"{len(records)} trials, store {store.path}, report written "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} from the store")
+    return H.write_page(out, H.page(f"aec: {config['name']}", subtitle, sections))
+
+
+def _summary(config: dict[str, Any], records: list[TrialRecord], objectives: list[Objective],
+             constraints: list[OutcomeConstraint]) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    budget = (config.get("budget") or {}).get("trials")
+    rows: list[tuple[str, Any]] = [
+        ("trials", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"),
+        ("trial budget", budget if budget is not None else "none"),
+        ("policy", config.get("policy", {}).get("kind", "sobol")),
+        ("instrument", config["instrument"]["kind"]),
+        ("objectives", ", ".join(f"{o.metric} ({'max' if o.maximize else 'min'})" for o in objectives)),
+    ]
+    if len(objectives) == 1:
+        best = best_trial(records, objectives[0], constraints)
+        if best is not None:
+            rows.append((f"best {objectives[0].metric}", f"{best.metrics[objectives[0].metric]:.6g} (trial {best.id}) at "
+                         + ", ".join(f"{k}={H.fmt(v)}" for k, v in best.params.items())))
+    else:
+        ps = pareto_summary(records, objectives, constraints)
+        rows.append(("Pareto set", f"{len(ps.trials)} trials, hypervolume "
+                     f"{'n/a' if ps.hypervolume is None else f'{ps.hypervolume:.6g}'}"))
+    fb = FallbackTally.from_records(records).to_json()
+    rows.append(("fallbacks", fb["count"] or "none"))
+    kept = [r for r in records if r.kept is not None]
+    if kept:
+        rows.append(("data products kept", f"{sum(bool(r.kept) for r in kept)} of {len(kept)}"))
+    return H.table(["", ""], rows, cls="kv")
+
+
+def _trial_table(records: list[TrialRecord]) -> str:
     metrics = sorted({m for r in records for m in r.metrics})
-    params = sorted({p for r in records for p in r.params})
-    rows = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            [r.id, r.status, r.attempts] + [_fmt(r.params.get(p)) for p in params] + [_fmt(r.metrics.get(m)) for m in metrics]
-        )) + "</tr>" for r in records
-    )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["id", "status", "attempts", *params, *metrics])
-    imgs = "".join(f'<img src="{p.name}" style="max-width:48%">' for p in figures)
-    page = (f"<!doctype html><meta charset=utf-8><title>aec: {html.escape(config['name'])}</title>"
-            f"<h1>{html.escape(config['name'])}</h1><p>{len(records)} trials, store {html.escape(str(store.path))}</p>"
-            f"{imgs}<table border=1 cellspacing=0 cellpadding=3><tr>{head}</tr>{rows}</table>")
-    (out / "index.html").write_text(page)
-    return out / "index.html"
+    params = list(dict.fromkeys(p for r in records for p in r.params))
+    rows = [[r.id, r.status, r.attempts, *[r.params.get(p) for p in params], *[r.metrics.get(m) for m in metrics]]
+            for r in records]
+    return f'<div class="scroll">{H.table(["id", "status", "attempts", *params, *metrics], rows)}</div>'
 
 
 def _writable(folder: Path) -> Path:
@@ -153,9 +283,3 @@ def _writable(folder: Path) -> Path:
     except OSError as exc:
         raise UserError(f"{folder}: cannot write the report there ({exc.strerror}); pass --out DIR") from None
     return folder
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return "" if v is None else str(v)

@@ -1,0 +1,256 @@
+"""Run a replay plan: each run a campaign in its own store, in parallel processes, with one progress bar.
+
+A run whose store says it finished is skipped, one that was interrupted is resumed (`Campaign.resume`),
+so `aec replay ... --out DIR` again, after a crash or a SIGKILL, redoes no finished run.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from controller.replay.plan import Plan, Run
+from controller.replay.progress import SilentProgress
+
+log = logging.getLogger(__name__)
+
+FINISHED_META = "replay"
+INTERRUPTED = ("stopped by request", "interrupted")  # a campaign stopped by a signal: its run is not finished
+
+
+class Progress(Protocol):
+    """One bar over every run of a replay, counted in measurements."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, key: str, done: int) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    status: str  # finished | skipped | failed
+    completed: int = 0
+    stopped: str = ""
+    error: str | None = None
+    warnings: int = 0
+
+
+@dataclass
+class ReplayOutcome:
+    runs: list[RunOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.runs)
+
+    @property
+    def warnings(self) -> int:
+        return sum(r.warnings for r in self.runs)
+
+
+def run_state(store: Path) -> tuple[bool, int]:
+    """(finished, completed measurements) of a run's store, read-only; a missing or empty store is (False, 0)."""
+    from controller.errors import UserError
+    from controller.store import Store
+
+    if not store.is_file() or store.stat().st_size == 0:
+        return False, 0
+    try:
+        with Store(store) as st:
+            done = sum(r.status == "completed" for r in st.trials())
+            return bool((st.get_meta(FINISHED_META) or {}).get("finished")), done
+    except UserError:
+        return False, 0
+
+
+def execute(plan: Plan, workers: int = 1, progress: Progress | None = None) -> ReplayOutcome:
+    """Run every unfinished run of `plan`; returns what happened to each."""
+    progress = progress or SilentProgress()
+    outcome = ReplayOutcome()
+    todo: list[Run] = []
+    done_so_far: dict[str, int] = {}
+    budgets = {r.key: plan.problems[r.problem].budget for r in plan.runs}
+    for run in plan.runs:
+        finished, done = run_state(Path(run.store))
+        done_so_far[run.key] = budgets[run.key] if finished else done
+        if finished:
+            outcome.runs.append(RunOutcome(run.key, "skipped", done))
+        else:
+            todo.append(run)
+    progress.start(sum(budgets.values()), sum(done_so_far.values()))
+    if outcome.runs:
+        progress.message(f"{len(outcome.runs)} run(s) already finished: skipped")
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for run in todo:
+                outcome.runs.append(_in_process(run, progress))
+        else:
+            outcome.runs += _in_pool(todo, workers, progress)
+    finally:
+        progress.finish()
+    return outcome
+
+
+def _in_process(run: Run, progress: Progress) -> RunOutcome:
+    """One run in this process; a Ctrl-C that stopped its campaign stops the replay (the run resumes next time)."""
+    result = run_one(run.__dict__, _CallbackReporter(lambda n: progress.advance(run.key, n)))
+    if result["status"] == "interrupted":
+        raise KeyboardInterrupt
+    return _outcome(run.key, result, progress)
+
+
+def _in_pool(todo: list[Run], workers: int, progress: Progress) -> list[RunOutcome]:
+    """Runs in `workers` spawned processes (torch with one thread each, killed with this process);
+    measurement counts come back on a queue."""
+    ctx = multiprocessing.get_context("spawn")
+    out: list[RunOutcome] = []
+    updates = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(updates,)) as pool:
+        futures: dict[Future, str] = {pool.submit(run_one, r.__dict__): r.key for r in todo}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(updates, progress)
+            for f in finished:
+                try:
+                    result = f.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its run, not the replay
+                    result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                out.append(_outcome(futures[f], result, progress))
+        _drain(updates, progress)
+    return out
+
+
+def _drain(updates: Any, progress: Progress) -> None:
+    while True:
+        try:
+            key, n = updates.get_nowait()
+        except (queue.Empty, EOFError, OSError):
+            return
+        progress.advance(key, n)
+
+
+def _outcome(key: str, result: dict[str, Any], progress: Progress) -> RunOutcome:
+    out = RunOutcome(key, result["status"], result.get("completed", 0), result.get("stopped", ""), result.get("error"),
+                     result.get("warnings", 0))
+    if out.status == "failed":
+        progress.message(f"run {key} failed: {out.error} (run the replay again to retry it)")
+    return out
+
+
+_UPDATES: Any = None  # a worker process's queue to the progress bar
+
+
+def _worker_init(updates: Any) -> None:
+    """A worker process: one thread (the runs are the parallelism), dies with the replay (Linux PDEATHSIG),
+    and reports measurement counts on `updates`."""
+    global _UPDATES
+    _UPDATES = updates
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        log.debug("no PR_SET_PDEATHSIG here: a worker may outlive a killed replay by one run")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class _CallbackReporter:
+    """A campaign Reporter that passes the run's measurement count on."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        self.callback(done)
+
+    def update(self, done: int, failed: int, best: float | None, note: str = "", fallbacks: int = 0) -> None:
+        self.callback(done)
+
+    def message(self, text: str) -> None:
+        log.info(text)
+
+    def finish(self) -> None: ...
+
+
+def run_one(run: dict[str, Any], reporter: Any = None) -> dict[str, Any]:
+    """One run, created or resumed from its store; the store is marked finished when its campaign ends.
+    Library warnings are counted (returned as `warnings`), not printed from the workers."""
+    if reporter is None:
+        updates = _UPDATES
+        reporter = _CallbackReporter((lambda n: updates.put((run["key"], n))) if updates is not None else (lambda n: None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        result = _run_campaign(run, reporter)
+    result["warnings"] = len(caught)
+    return result
+
+
+def _run_campaign(run: dict[str, Any], reporter: Any) -> dict[str, Any]:
+    from controller.campaign import Campaign
+    from controller.errors import UserError
+    from controller.preflight import parse_config
+
+    store = Path(run["store"])
+    t0 = time.time()
+    try:
+        config = parse_config(run["config"], Path(run["base_dir"]), source=run["key"])
+        if _has_trials(store):
+            campaign = Campaign.resume(store, reporter=reporter)
+            _same_run(campaign, config, store)
+        else:
+            campaign = Campaign(config, store, reporter=reporter)
+        try:
+            summary = campaign.run()
+            if summary.stopped in INTERRUPTED:
+                return {"status": "interrupted", "completed": summary.completed, "stopped": summary.stopped}
+            campaign.store.set_meta(FINISHED_META, {"finished": True, "stopped": summary.stopped,
+                                                    "seconds": round(time.time() - t0, 3)})
+        finally:
+            campaign.close()
+    except UserError as exc:
+        return {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - strict-mode fallbacks and policy errors fail this run only
+        log.debug("run %s failed", run["key"], exc_info=True)
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "finished", "completed": summary.completed, "stopped": summary.stopped}
+
+
+def _has_trials(store: Path) -> bool:
+    from controller.errors import UserError
+    from controller.store import Store
+
+    if not store.is_file() or store.stat().st_size == 0:
+        return False
+    try:
+        with Store(store) as st:
+            return bool(st.trials())
+    except UserError:
+        return False
+
+
+def _same_run(campaign, config, store: Path) -> None:
+    """A store under DIR/runs/ left by another replay (other data, policy or budget) is refused, not mixed in."""
+    from controller.config import config_to_dict
+    from controller.errors import UserError
+
+    mine = config_to_dict(config)
+    theirs = config_to_dict(campaign.config)
+    if mine != theirs:
+        campaign.close()
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise UserError(f"{store}: holds a run of another replay (differs in {', '.join(differ)}); "
+                        "use a new --out folder")
