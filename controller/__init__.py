@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from controller.campaign import Campaign, CampaignSummary
-    from controller.config import CampaignConfig, parse_config
-    from controller.preflight import load_config
+    from controller.config import CampaignConfig
+    from controller.preflight import load_config, parse_config
     from controller.errors import UserError
     from controller.store import Store
 
 _WHERE = {"Campaign": "campaign", "CampaignSummary": "campaign", "CampaignConfig": "config", "load_config": "preflight",
-          "parse_config": "config", "UserError": "errors", "Store": "store"}
+          "parse_config": "preflight", "UserError": "errors", "Store": "store"}
 
 __all__ = ["Campaign", "CampaignConfig", "CampaignSummary", "Store", "UserError", "load_config", "parse_config"]
 

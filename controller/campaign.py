@@ -6,21 +6,24 @@ a trial in flight at a crash is measured again on resume with the next attempt n
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from controller.config import CampaignConfig, config_to_dict, parse_config
+from controller.config import BudgetConfig, CampaignConfig, PolicyConfig, config_to_dict
 from controller.errors import UserError
 from controller.executors import LocalExecutor, RayExecutor, Trial, TrialResult
+from controller.preflight import parse_config
 from controller.progress import LogReporter, Reporter
 from controller.results import FallbackTally, best_trial, feasible
 from controller.space import Space
@@ -70,7 +73,14 @@ class Campaign:
             self.store = _store
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._paused = threading.Event()
+        self._operator_points: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._requests: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._fatal: PolicyFallbackError | None = None
+        self.observer: Callable[[str, dict[str, Any]], None] | None = None
+        self.backoff: Callable[[int], float] = lambda attempt: 0.0
+        self._operator_ids: set[int] = set()
+        self._not_before: dict[int, float] = {}
         try:
             self._setup()
         except BaseException:
@@ -147,7 +157,7 @@ class Campaign:
     def _make_selector(self) -> DataSelector:
         if self.config.selection.kind == "none":
             return KeepAll()
-        from policies.novelty import NoveltySelector, SelectionError
+        from policies.selection import NoveltySelector, SelectionError
 
         opts = NoveltySelector.Options.model_validate({"kind": "autoencoder", **self.config.selection.options()})
         reference = None
@@ -171,7 +181,8 @@ class Campaign:
         if ex.kind == "ray":
             return RayExecutor(spec, str(cfg.base_dir), cfg.seed, workers=ex.workers, timeout=ex.timeout,
                                address=ex.address, gpus_per_worker=ex.gpus_per_worker,
-                               cpus_per_worker=ex.cpus_per_worker, parameter_names=names)
+                               cpus_per_worker=ex.cpus_per_worker, parameter_names=names,
+                               runtime_env=ex.runtime_env, start_timeout=ex.start_timeout)
         try:
             return LocalExecutor(lambda: build_instrument(spec, cfg.base_dir, seed=cfg.seed, parameter_names=names),
                                  workers=ex.workers, timeout=ex.timeout)
@@ -205,6 +216,109 @@ class Campaign:
         if abandon:
             self._abandon.set()
 
+    def clear_stop(self) -> None:
+        """Allow another run() after a stop (a daemon runs again when its budget is raised)."""
+        self._stop.clear()
+        self._abandon.clear()
+        self._fatal = None
+
+    def pause(self) -> None:
+        """Propose and submit nothing new (thread-safe); trials in flight finish and are recorded."""
+        self._paused.set()
+
+    def unpause(self) -> None:
+        self._paused.clear()
+
+    def queue_point(self, params: dict[str, Any], note: str = "") -> None:
+        """Measure `params` next (thread-safe); journaled with reason 'operator' at the loop's next step.
+
+        Raises SpaceError when `params` is not a point of the space (missing, unknown or out-of-range
+        parameters, a violated constraint, a point not in the pool).
+        """
+        self._operator_points.put({"params": dict(params), "x": self.check_point(params), "note": note})
+
+    def check_point(self, params: dict[str, Any]) -> tuple[np.ndarray, int | None]:
+        """(encoded x, pool index) of an operator's point, or SpaceError saying why it is not in the space."""
+        from controller.constraints import SpaceError
+
+        unknown = sorted(set(params) - set(self.space.names) - set(self.space.pool_extra))
+        if unknown:
+            raise SpaceError(f"unknown parameters: {', '.join(unknown)} (the space has {', '.join(self.space.names)})")
+        for p in self.space.parameters:
+            value = params.get(p.name, 0.0)
+            if p.type != "choice" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise SpaceError(f"{p.name}={value!r}: expected a number")
+        x = self.space.encode(params)
+        if not self.space.satisfies(params):
+            raise SpaceError(f"the point violates the space's constraints: {'; '.join(self.space.constraint_texts)}")
+        if self.space.pool is None:
+            return x, None
+        row = np.array([float(params[n]) for n in self.space.names])
+        hits = np.flatnonzero(np.all(np.isclose(self.space.pool, row, rtol=1e-9, atol=1e-12), axis=1))
+        if not len(hits):
+            raise SpaceError("the point is not a row of the candidate pool")
+        return self.problem.space.pool[int(hits[0])], int(hits[0])
+
+    def set_budget(self, budget: BudgetConfig) -> None:
+        """Replace the budget between proposals (thread-safe); stored with the campaign's configuration."""
+        self._requests.put(("budget", budget))
+
+    def switch_policy(self, policy: PolicyConfig) -> None:
+        """Use another policy from the next proposal on (thread-safe); the switch is kept in meta 'policy_history'."""
+        self._requests.put(("policy", policy))
+
+    def _apply_requests(self, ready: list[Proposal]) -> None:
+        """Budget and policy changes asked for from another thread, applied here in the loop's thread."""
+        while True:
+            try:
+                kind, value = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            stored = self.store.config()
+            if kind == "budget":
+                self.config.budget = value
+                stored["budget"] = value.model_dump(mode="json", exclude_none=True)
+            else:
+                try:
+                    policy = make_policy(value.kind, value.options(), self.problem, strict=self.strict)
+                except ValueError as exc:
+                    log.error("policy switch to %s refused: %s", value.kind, exc)
+                    self._notify("policy_refused", reason=str(exc))
+                    continue
+                history = self.store.get_meta("policy_history", []) or []
+                history.append({"time": time.time(), "from": config_to_dict(self.config)["policy"],
+                                "to": value.model_dump(mode="json", exclude_none=True),
+                                "next_trial": self.store.next_trial_id()})
+                self.store.set_meta("policy_history", history)
+                self.policy, self.config.policy = policy, value
+                stored["policy"] = value.model_dump(mode="json", exclude_none=True)
+                ready.clear()
+            self.store.set_meta("config", stored)
+            self._notify(kind, reason=json.dumps(stored[kind], sort_keys=True))
+
+    def _take_operator_points(self, backlog: list[Trial], pending: dict[int, Proposal]) -> None:
+        """Journal points an operator queued ('proposed', reason 'operator') and put them first in line."""
+        while True:
+            try:
+                point = self._operator_points.get_nowait()
+            except queue.Empty:
+                return
+            x, pool_index = point["x"]
+            prop = Proposal(np.asarray(x, dtype=float), pool_index, reason={"policy": "operator", "operator": True,
+                                                                            **({"note": point["note"]} if point["note"] else {})})
+            trial = self._new_trial(prop, pending)
+            backlog.insert(sum(t.id in self._operator_ids for t in backlog), trial)  # after earlier operator points
+            self._operator_ids.add(trial.id)
+            self._notify("queued", trial=trial.id, attempt=1, reason="operator")
+
+    def _notify(self, event: str, **fields: Any) -> None:
+        """Tell the observer (the daemon's log and metrics) what the loop did; its errors never stop the loop."""
+        if self.observer is not None:
+            try:
+                self.observer(event, fields)
+            except Exception:  # noqa: BLE001
+                log.exception("campaign observer failed on %s", event)
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
@@ -227,9 +341,9 @@ class Campaign:
 
     def run(self) -> CampaignSummary:
         t0 = time.time()
+        self._apply_requests([])
         cfg, budget = self.config, self.config.budget
         total = budget.trials
-        max_failures = budget.max_failures if budget.max_failures is not None else max(total or 100, 10)
         self._elapsed_before = float(self.store.get_meta("elapsed", 0.0) or 0.0)
         records = self.store.trials()
         completed = sum(r.status == "completed" for r in records)
@@ -245,7 +359,7 @@ class Campaign:
         pending: dict[int, Proposal] = {
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
-        self.fallbacks = FallbackTally.from_records(records)
+        self.fallbacks = self._fallback_tally(records)
         best = self.best_value()
         front = [r for r in records if r.status == "completed"]
         front_note = self._front_note(front, None)
@@ -258,6 +372,9 @@ class Campaign:
                 if self._abandon.is_set():
                     stopped = "interrupted"
                     break
+                self._apply_requests(ready)
+                total = self.config.budget.trials
+                max_failures = self._max_failures()
                 in_flight = len(executor.running()) + len(backlog) + len(ready)
                 if self._stop.is_set():  # finish what runs; what waits in the backlog stays journaled for resume
                     if not executor.running():
@@ -268,8 +385,10 @@ class Campaign:
                     if finishing:
                         self._stop.set()
                         continue
-                    while backlog and executor.free_slots():
-                        self._submit(executor, backlog.pop(0))
+                    self._take_operator_points(backlog, pending)
+                    in_flight = len(executor.running()) + len(backlog) + len(ready)
+                if not self._stop.is_set() and not self._paused.is_set():  # paused: what runs finishes, nothing starts
+                    self._submit_backlog(executor, backlog)
                     while ready and executor.free_slots():
                         self._submit(executor, self._new_trial(ready.pop(0), pending))
                     room = executor.free_slots()
@@ -294,7 +413,8 @@ class Campaign:
                 for result in executor.completed(timeout=0.25):
                     outcome, rec = self._handle(result, history, pending)
                     if outcome == "retry":
-                        backlog.append(Trial(result.trial.id, result.trial.attempt + 1, result.trial.params))
+                        backlog.append(Trial(result.trial.id, result.trial.attempt + 1, result.trial.params, result.trial.reason))
+                        self._not_before[result.trial.id] = time.time() + self.backoff(result.trial.attempt)
                         continue
                     if outcome == "completed":
                         completed += 1
@@ -336,6 +456,7 @@ class Campaign:
             for trial in executor.running():
                 if trial.id not in done:
                     self.store.append(trial.id, "abandoned", trial.attempt, {"reason": "campaign stopped; measurement aborted"})
+                    self._notify("abandoned", trial=trial.id, attempt=trial.attempt, reason="campaign stopped; measurement aborted")
         executor.shutdown(wait=not executor.running())
 
     def _save_elapsed(self, t0: float) -> None:
@@ -349,14 +470,34 @@ class Campaign:
         """Journal the attempt 'started', then hand it to a worker: an attempt is spent only once submitted."""
         self.store.append(trial.id, "started", trial.attempt, {})
         executor.submit(trial)
+        self._notify("started", trial=trial.id, attempt=trial.attempt)
 
-    def _budget_exhausted(self, completed: int, failed: int, max_failures: int, t0: float, history: History) -> str:
+    def _submit_backlog(self, executor, backlog: list[Trial]) -> None:
+        """Submit waiting trials, first in line first, each once its retry backoff has passed."""
+        now = time.time()
+        for trial in [t for t in backlog if self._not_before.get(t.id, 0.0) <= now]:
+            if not executor.free_slots():
+                return
+            backlog.remove(trial)
+            self._not_before.pop(trial.id, None)
+            self._operator_ids.discard(trial.id)
+            self._submit(executor, trial)
+
+    def _max_failures(self) -> int | None:
+        """budget.max_failures, else the trial budget (at least 10; 100 without one); none when open-ended."""
+        b = self.config.budget
+        if b.max_failures is not None:
+            return b.max_failures
+        return None if b.open_ended and b.trials is None else max(b.trials or 100, 10)
+
+    def _budget_exhausted(self, completed: int, failed: int, max_failures: int | None, t0: float,
+                          history: History) -> str:
         b = self.config.budget
         if b.trials is not None and completed >= b.trials:
             return "budget reached"
         if b.wall_time is not None and self._elapsed_before + time.time() - t0 >= b.wall_time:
             return "wall time reached"
-        if failed >= max_failures:
+        if max_failures is not None and failed >= max_failures:
             return f"{failed} trials failed (budget.max_failures={max_failures})"
         last = history.observations[-1] if history.observations else None
         if last is not None and last.status == "completed":
@@ -371,8 +512,11 @@ class Campaign:
     def _propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """The policy's proposals; if it raises, Sobol points marked as a fallback (or, strict, the error)."""
         kind = self.config.policy.kind
+        t0 = time.perf_counter()
         try:
-            return self.policy.propose(history, n, pending)
+            props = self.policy.propose(history, n, pending)
+            self._notify("proposal", n=len(props), duration=time.perf_counter() - t0)
+            return props
         except PolicyFallbackError as exc:
             return self._strict_stop(exc)
         except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
@@ -402,6 +546,20 @@ class Campaign:
             self.reporter.message(f"trial {trial_id}: policy {self.config.policy.kind} fell back: {first} "
                                   "(counted as 'fallbacks' in the progress line and the summary)")
 
+    def _count_measurement_fallback(self, trial_id: int, m) -> None:
+        """Tally a measurement that an instrument made in a fallback way (a simulator on the CPU, not its GPU)."""
+        first = self.fallbacks.add(trial_id, {"fallback": (m.metadata or {}).get("fallback")})
+        if first is not None:
+            self.reporter.message(f"trial {trial_id}: {first} (counted as 'fallbacks' in the progress line and the summary)")
+
+    def _fallback_tally(self, records: list[TrialRecord]) -> FallbackTally:
+        """Proposals a policy fallback made, and measurements an instrument fallback made (from the journal)."""
+        tally = FallbackTally.from_records(records)
+        for _, tid, kind, _, _, payload in self.store.events():
+            if kind == "completed":
+                tally.add(tid, {"fallback": (payload.get("metadata") or {}).get("fallback")})
+        return tally
+
     def _new_trial(self, prop: Proposal, pending: dict[int, Proposal]) -> Trial:
         """Journal a proposal as a new trial ('proposed'), pending from now on, its fallback counted."""
         trial = self._journal_new_trial(prop)
@@ -419,7 +577,7 @@ class Campaign:
         prop.x = np.asarray(x, dtype=float)
         rec = self.store.new_trial({"params": params, "x": prop.x.tolist(), "pool_index": prop.pool_index,
                                     "reason": prop.reason})
-        return Trial(rec.id, 1, params)
+        return Trial(rec.id, 1, params, prop.reason)
 
     def _front_note(self, front: list[TrialRecord], rec: TrialRecord | None) -> str:
         """With several objectives: the Pareto set's size and hypervolume once `rec` joins `front`.
@@ -470,8 +628,13 @@ class Campaign:
             else:
                 pending.pop(trial.id, None)
                 history.append(self._observation(rec))
+                self._count_measurement_fallback(trial.id, result.measurement)
+                self._notify("completed", trial=trial.id, attempt=trial.attempt, duration=result.finished - result.started,
+                             kept=rec.kept, fallback=bool(rec.reason.get("fallback")))
                 return "completed", rec
         final = not retryable or trial.attempt >= attempts or self._stop.is_set()
+        self._notify("failed" if final else "retry", trial=trial.id, attempt=trial.attempt,
+                     duration=result.finished - result.started, reason=error)
         if not final:
             self.store.append(trial.id, "failed", trial.attempt, {"error": error, "worker": result.worker, "final": False})
             return "retry", None
@@ -562,7 +725,7 @@ class Campaign:
                 self.store.append(r.id, "failed", r.attempts, {"error": why, "final": True})
                 self.reporter.message(f"trial {r.id} failed: {why}")
                 continue
-            backlog.append(Trial(r.id, spent + 1, r.params))
+            backlog.append(Trial(r.id, spent + 1, r.params, r.reason))
         if backlog:
             self.reporter.message(f"resuming: {len(backlog)} trial(s) left in flight are measured again")
         return backlog
@@ -591,7 +754,7 @@ class Campaign:
             name=self.config.name, store=str(self.store.path),
             completed=sum(r.status == "completed" for r in records),
             failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
-            fallbacks=FallbackTally.from_records(records).to_json(),
+            fallbacks=self._fallback_tally(records).to_json(),
         )
         if len(self.objectives) == 1:
             best = best_trial(records, self.objectives[0], self.constraints)

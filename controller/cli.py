@@ -39,7 +39,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 # Commands that live in their own module: each has `add_parser(sub, add_common)` (cheap to import, so
 # `aec --help` stays fast) and sets `run_command` (a function of args -> exit code that imports what it
 # needs when it runs) with `p.set_defaults(run_command=...)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("controller.replay.cli", "controller.daemon.cli", "controller.train_rl")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     _add_common(p)
 
-    p = sub.add_parser("report", help="write figures and an HTML report beside the store")
+    p = sub.add_parser("report", help="write an HTML report (and figures) of a store, or of a replay folder")
     p.add_argument("store")
     p.add_argument("--out", help="folder for the report (default STORE.report/; needed for a store on read-only media)")
     _add_common(p)
@@ -293,8 +293,9 @@ def campaign_failure(summary, first_error: str | None = None) -> str | None:
 def _warn_fallbacks(fallbacks: dict[str, Any], trials: int, store: str) -> None:
     """One line on stderr, whatever --quiet or --json say: a fallback changes what the campaign means."""
     if fallbacks["count"]:
-        print(f"warning: {fallbacks['count']} proposal(s) of this campaign were made by a fallback, not the policy "
-              f"asked for ({len(fallbacks['reasons'])} reason(s)); `aec show {store}` lists them", file=sys.stderr)
+        print(f"warning: {fallbacks['count']} proposal(s) or measurement(s) of this campaign were made by a fallback "
+              f"(not the policy asked for, or a simulator on the CPU, not its GPU; {len(fallbacks['reasons'])} reason(s)); "
+              f"`aec show {store}` lists them", file=sys.stderr)
 
 
 def _print_summary(summary, campaign, console=None) -> None:
@@ -508,8 +509,13 @@ def _csv(v: Any) -> Any:
 def cmd_report(args: argparse.Namespace) -> int:
     from controller.report import write_html
 
-    with _open_store(args.store) as store:
-        page = write_html(store, Path(args.out) if args.out else None)
+    if Path(args.store).is_dir():  # a replay folder (aec replay --out DIR)
+        from controller.report_replay import write_replay_html
+
+        page = write_replay_html(Path(args.store), Path(args.out) if args.out else None)
+    else:
+        with _open_store(args.store) as store:
+            page = write_html(store, Path(args.out) if args.out else None)
     if args.json:
         print(_dumps({"report": str(page)}))
     elif not args.quiet:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 from controller.durations import parse_duration
 from controller.errors import UserError
@@ -223,8 +224,128 @@ class RecordedInstrumentConfig(Strict):
     metrics: list[MetricName] | None = None
 
 
+def _pv_name(value: Any) -> Any:
+    """Channel Access names are single tokens: non-empty, no spaces."""
+    if isinstance(value, str) and (not value or any(ch.isspace() for ch in value)):
+        raise ValueError(f"a PV name must be non-empty text without spaces, got {value!r}")
+    return value
+
+
+PVName = Annotated[str, BeforeValidator(_pv_name)]
+
+
+def _module_attr(value: Any) -> Any:
+    """'module:name' of something importable (a device factory, a document subscriber)."""
+    module, _, attr = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if isinstance(value, str) and not (re.fullmatch(r"[A-Za-z_][\w.]*", module) and attr.isidentifier()
+                                       and not module.endswith(".py")):
+        raise ValueError(f"expected 'module:name', e.g. 'mybeamline.devices:make', got {value!r}")
+    return value
+
+
+ModuleAttr = Annotated[str, BeforeValidator(_module_attr)]
+
+
+def _seconds(value: Any) -> Any:
+    return None if value is None else parse_duration(value)
+
+
+class EpicsAxisConfig(Strict):
+    """One parameter's PVs: where its value is put and how aec tells that it has arrived."""
+
+    setpoint: PVName
+    readback: PVName | None = None
+    tolerance: Finite | None = Field(None, gt=0, description="largest |readback - value| that counts as arrived")
+    done: PVName | None = Field(None, description="done-moving PV (a motor record's DMOV)")
+    done_value: Finite = 1
+    stop: PVName | None = Field(None, description="put `stop_value` here when a measurement is aborted")
+    stop_value: Finite = 1
+
+    @model_validator(mode="after")
+    def _readback_tolerance(self) -> "EpicsAxisConfig":
+        if (self.readback is None) != (self.tolerance is None):
+            raise ValueError("'readback' and 'tolerance' go together: the readback must come within tolerance")
+        return self
+
+
+class EpicsTriggerConfig(Strict):
+    """Put `value` to `pv`; the acquisition is over when `done` reads `done_value`, or `monitor` updates."""
+
+    pv: PVName
+    value: Finite = 1
+    done: PVName | None = None
+    done_value: Finite = 1
+    monitor: PVName | None = None
+
+    @model_validator(mode="after")
+    def _one_wait(self) -> "EpicsTriggerConfig":
+        if self.done is not None and self.monitor is not None:
+            raise ValueError("give 'done' or 'monitor', not both (neither: the put's completion ends it)")
+        return self
+
+
+class EpicsInstrumentConfig(Strict):
+    kind: Literal["epics"]
+    prefix: str = Field("", pattern=r"^\S*$", description="prepended to every PV name")
+    parameters: dict[str, EpicsAxisConfig] = Field(min_length=1)
+    trigger: EpicsTriggerConfig | None = None
+    metrics: dict[MetricName, PVName] = Field(min_length=1, description="metric -> scalar PV")
+    data: PVName | None = Field(None, description="waveform PV read as the data product")
+    timeout: float = Field(5.0, gt=0, description="seconds for each connection, put and get")
+    move_timeout: float = Field(60.0, gt=0, description="seconds for every axis to arrive")
+    acquire_timeout: float = Field(60.0, gt=0, description="seconds for the acquisition to finish")
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _setpoint_only(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"setpoint": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("timeout", "move_timeout", "acquire_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _seconds(value)
+
+
+class OphydReadingConfig(Strict):
+    """A Readable device and the key of its read() to take (default: the device's name, or its only key)."""
+
+    device: str = Field(min_length=1)
+    field: str | None = None
+
+
+def _reading(value: Any) -> Any:
+    return {"device": value} if isinstance(value, str) else value
+
+
+class OphydInstrumentConfig(Strict):
+    kind: Literal["ophyd"]
+    devices: ModuleAttr = Field(description="module:function returning a dict {name: device}")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    parameters: dict[str, str] = Field(default_factory=dict, description="parameter -> Movable device (default: same name)")
+    metrics: dict[MetricName, Annotated[OphydReadingConfig, BeforeValidator(_reading)]] = Field(min_length=1)
+    data: Annotated[OphydReadingConfig, BeforeValidator(_reading)] | None = None
+    timeout: float = Field(30.0, gt=0, description="seconds to wait on each move and trigger")
+    mode: Literal["direct", "bluesky"] = "direct"
+    subscribers: list[ModuleAttr] = Field(default_factory=list, description="callables (name, doc) for the RunEngine")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="more start-document metadata")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _seconds(value)
+
+    @model_validator(mode="after")
+    def _bluesky_only(self) -> "OphydInstrumentConfig":
+        if self.mode != "bluesky" and (self.subscribers or self.metadata):
+            raise ValueError("'subscribers' and 'metadata' need 'mode: bluesky'")
+        return self
+
+
 InstrumentConfig = Annotated[
-    Union[FunctionInstrumentConfig, CommandInstrumentConfig, SimulatorInstrumentConfig, RecordedInstrumentConfig],
+    Union[FunctionInstrumentConfig, CommandInstrumentConfig, SimulatorInstrumentConfig, RecordedInstrumentConfig,
+          EpicsInstrumentConfig, OphydInstrumentConfig],
     Field(discriminator="kind"),
 ]
 
@@ -263,19 +384,56 @@ class ExecutorConfig(Strict):
         "waits for the policy; measured next, or discarded if the run stops first (0: propose only for a free worker, "
         "with every result so far in the model)",
     )
-    address: str | None = None
-    gpus_per_worker: Finite = Field(0.0, ge=0)
-    cpus_per_worker: Finite = Field(1.0, gt=0)
+    address: str | None = Field(None, description="Ray: none starts a local Ray; 'auto', 'HOST:PORT' or "
+                                "'ray://HOST:PORT' attaches to a running cluster")
+    gpus_per_worker: Finite = Field(0.0, ge=0, description="Ray: GPUs per worker; a fraction shares one GPU")
+    cpus_per_worker: Finite = Field(1.0, gt=0, description="Ray: CPUs per worker; a fraction for instruments that wait")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray: passed to each worker as its runtime_env")
+    start_timeout: float = Field(60.0, description="Ray: seconds (or '2m') workers may take to start before it is an error")
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "start_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
 
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto" and not re.fullmatch(r"(ray://)?[^\s:/]+:\d{1,5}", value):
+            raise ValueError(f"expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT', got {value!r}")
+        return value
+
+    @field_validator("gpus_per_worker", "cpus_per_worker")
+    @classmethod
+    def _ray_fraction(cls, value: float, info: ValidationInfo) -> float:
+        if 0 < value < 1e-4:  # Ray accounts resources in steps of 1e-4 and refuses anything smaller
+            least = "0 or at least 0.0001" if info.field_name == "gpus_per_worker" else "at least 0.0001"
+            raise ValueError(f"expected {least} (Ray's smallest fraction of a CPU or GPU), got {value:g}")
+        return value
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Ray's own check of the runtime_env's shape (pip: a list, env_vars: text values); paths are checked at run."""
+        if value:
+            try:
+                from ray.runtime_env import RuntimeEnv
+            except ImportError:
+                return value
+            try:
+                RuntimeEnv(**value)
+            except TypeError as exc:
+                raise ValueError(str(exc).strip().splitlines()[0] if str(exc).strip() else "not a valid runtime_env") from None
+            except ValueError:
+                pass  # a working_dir or py_modules path, relative to where the run starts: the executor says so then
+        return value
+
     @model_validator(mode="after")
     def _ray_only(self) -> "ExecutorConfig":
-        if self.kind == "local" and (self.address or self.gpus_per_worker):
-            raise ValueError("'address' and 'gpus_per_worker' need 'kind: ray'")
+        if self.kind == "local" and (self.address or self.gpus_per_worker or self.runtime_env):
+            raise ValueError("'address', 'gpus_per_worker' and 'runtime_env' need 'kind: ray'")
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ValueError(f"gpus_per_worker: above 1 it must be a whole number (Ray's rule), got {self.gpus_per_worker:g}")
         return self
 
 
@@ -296,6 +454,7 @@ class BudgetConfig(Strict):
     wall_time: float | None = None
     stop_when: StopWhen | list[StopWhen] | None = None
     max_failures: Int | None = Field(None, ge=0, description="stop after this many failed trials")
+    open_ended: bool = Field(False, description="no limit: run until stopped (`aec daemon`; PATCH /budget sets one)")
 
     @field_validator("wall_time", mode="before")
     @classmethod
@@ -304,14 +463,30 @@ class BudgetConfig(Strict):
 
     @model_validator(mode="after")
     def _some_limit(self) -> "BudgetConfig":
-        if self.trials is None and self.wall_time is None and self.stop_when is None:
-            raise ValueError("give at least one of 'trials', 'wall_time' or 'stop_when'")
+        if self.trials is None and self.wall_time is None and self.stop_when is None and not self.open_ended:
+            raise ValueError("give at least one of 'trials', 'wall_time' or 'stop_when' (or 'open_ended: true')")
         return self
 
     def stop_conditions(self) -> list[StopWhen]:
         if self.stop_when is None:
             return []
         return self.stop_when if isinstance(self.stop_when, list) else [self.stop_when]
+
+
+class DaemonConfig(Strict):
+    """`aec daemon`: where its control API listens and how it rides out instrument faults."""
+
+    host: str = "127.0.0.1"
+    port: Int = Field(8765, ge=0, le=65535, description="0: any free port (logged)")
+    token_file: str | None = Field(None, description="bearer token for mutating calls (else $AEC_DAEMON_TOKEN)")
+    breaker: Int = Field(5, ge=1, description="consecutive failed attempts that make the daemon unhealthy")
+    backoff: float = Field(1.0, ge=0, description="seconds before a retryable failure is retried; doubled per attempt")
+    backoff_max: float = Field(60.0, ge=0, description="the longest backoff")
+
+    @field_validator("backoff", "backoff_max", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return 0.0 if value == 0 and not isinstance(value, bool) else parse_duration(value)
 
 
 class CampaignConfig(Strict):
@@ -327,6 +502,7 @@ class CampaignConfig(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     budget: BudgetConfig
     store: str | None = None
+    daemon: DaemonConfig | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -352,7 +528,7 @@ class CampaignConfig(Strict):
         return Path(self.store).expanduser() if self.store else Path("runs") / f"{self.name}.db"
 
 
-_TAGS = {"function", "command", "simulator", "recorded", "StopWhen", "list[StopWhen]"}
+_TAGS = {"function", "command", "simulator", "recorded", "epics", "ophyd", "StopWhen", "list[StopWhen]"}
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
@@ -500,8 +676,11 @@ def read_campaign_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
-    """Validate a campaign dict, including the policy's and selector's own options."""
+def validate_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
+    """Validate a campaign dict's shape, including the policy's and selector's own options.
+
+    `controller.preflight.parse_config` adds the checks against the world (modules, files, simulators).
+    """
     try:
         cfg = CampaignConfig.model_validate(data)
     except ValidationError as exc:
@@ -546,7 +725,7 @@ def _section_problems(cfg: CampaignConfig) -> list[str]:
 
 def _selection_problems(cfg: CampaignConfig) -> list[str]:
     try:
-        from policies.novelty import NoveltySelector
+        from policies.selection import NoveltySelector
     except ImportError as exc:
         return [f"selection.kind: the autoencoder selector is not available ({exc})"]
     try:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.config import CampaignConfig, parse_config, read_campaign_file
+from controller.config import CampaignConfig, read_campaign_file, validate_config
 from controller.errors import UserError
 from instruments.base import InstrumentError
 
@@ -35,10 +35,30 @@ def environment_problems(cfg: CampaignConfig) -> list[str]:
         problems += _command(cfg)
     elif kind == "recorded" and space is not None:
         problems += _recorded(cfg, space.names)
+    elif kind in ("epics", "ophyd"):
+        problems += _control_system(cfg, space.names if space is not None else _grid_axes(cfg))
+    if cfg.policy.kind == "gest":
+        problems += _gest_generator(cfg, space)
+    if cfg.policy.kind == "rl":
+        problems += _rl_checkpoint(cfg)
     reference = cfg.selection.options().get("reference") if cfg.selection.kind == "autoencoder" else None
     if isinstance(reference, str) and not cfg.resolve(reference).is_file():
         problems.append(f"selection.reference: {cfg.resolve(reference)} not found")
     return problems
+
+
+def _rl_checkpoint(cfg: CampaignConfig) -> list[str]:
+    """`policy: {kind: rl}` needs its checkpoint (a training store with a checkpoint, or a .pt file), cwd-relative like `store`."""
+    from policies.rl.agent import network_from
+    from policies.rl.checkpoint import CheckpointError, load
+
+    try:
+        network_from(load(str(cfg.policy.options().get("checkpoint", ""))))
+    except CheckpointError as exc:
+        return [f"policy.checkpoint: {exc}; train it with `aec train-rl FILE`"]
+    except ValueError as exc:
+        return [f"policy.checkpoint: {exc}"]
+    return []
 
 
 def _simulator(cfg: CampaignConfig) -> tuple[Any, list[str]]:
@@ -163,6 +183,53 @@ def _recorded(cfg: CampaignConfig, parameter_names: list[str]) -> list[str]:
     return []
 
 
+def _grid_axes(cfg: CampaignConfig) -> list[str]:
+    pool = cfg.space.pool if cfg.space is not None else None
+    return list(pool.grid) if pool is not None and pool.grid is not None else []
+
+
+def _control_system(cfg: CampaignConfig, parameter_names: list[str]) -> list[str]:
+    """EPICS / ophyd: every parameter mapped, every objective read; ophyd's factory imported and its devices built.
+
+    No PV is contacted here (the IOC may come up after `aec validate`); a PV that does not answer is a
+    retryable failure of the trial that needs it.
+    """
+    inst: Any = cfg.instrument
+    problems = []
+    for section, items in (("objectives", cfg.objectives), ("constraints", cfg.constraints)):
+        for i, item in enumerate(items):
+            if item.metric not in inst.metrics and not (item.metric == "novelty" and cfg.selection.kind == "autoencoder"):
+                problems.append(f"{section}[{i}].metric: {item.metric!r} is not one of instrument.metrics "
+                                f"({', '.join(inst.metrics)})")
+    if inst.kind == "epics":
+        missing = [n for n in parameter_names if n not in inst.parameters]
+        if missing:
+            problems.append(f"instrument.parameters: no PV for parameter(s) {', '.join(missing)}")
+        problems += [f"instrument.parameters.{n}: not a parameter of the space ({', '.join(parameter_names)})"
+                     for n in inst.parameters if parameter_names and n not in parameter_names]
+        return problems
+    from instruments.registry import build_instrument
+
+    try:
+        build_instrument(inst.model_dump(mode="json"), cfg.base_dir, seed=cfg.seed, parameter_names=parameter_names)
+    except InstrumentError as exc:
+        problems.append(_field_message(str(exc), "instrument.devices"))
+    except Exception as exc:  # noqa: BLE001 - a module that raises at import: reported, not a traceback
+        problems.append(f"instrument.devices: importing {inst.devices!r} raised {type(exc).__name__}: {exc}")
+    return problems
+
+
+def _gest_generator(cfg: CampaignConfig, space: Any) -> list[str]:
+    """`policy: {kind: gest}`: the generator imports (beside the campaign file first) and accepts the campaign's VOCS."""
+    from policies import Objective, OutcomeConstraint, Problem
+    from policies.gest import generator_problems
+
+    problem = None if space is None else Problem(
+        space.encoded(), [Objective(o.metric, o.goal == "maximize", o.threshold) for o in cfg.objectives],
+        [OutcomeConstraint(c.metric, c.op, c.bound) for c in cfg.constraints], seed=cfg.seed)
+    return generator_problems(cfg.policy.options(), cfg.base_dir, problem)
+
+
 def _field_message(text: str, default_field: str) -> str:
     """'instrument.file: ...' stays as it is; a message without a field path gets `default_field`."""
     head = text.split(":", 1)[0]
@@ -188,8 +255,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ca
             if not isinstance(node, dict):
                 raise UserError(f"{path}: cannot override {dotted}: {key} is not a section")
         node[leaf] = value
-    cfg = parse_config(data, base_dir=path.parent, source=str(path))
+    return parse_config(data, base_dir=path.parent, source=str(path))
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
+    """Validate a campaign dict (the Python API, a resumed store's config) as `load_config` validates a file.
+
+    The shape (`validate_config`), then `environment_problems`: a dict is refused for the same
+    reasons as a file, each problem prefixed by `source`.
+    """
+    cfg = validate_config(data, base_dir=base_dir, source=source)
     problems = environment_problems(cfg)
     if problems:
-        raise UserError(f"{path}: {len(problems)} problem(s)", [f"{path}: {p}" for p in problems])
+        raise UserError(f"{source}: {len(problems)} problem(s)", [f"{source}: {p}" for p in problems])
     return cfg

@@ -35,6 +35,10 @@ POLICY_KINDS: dict[str, str] = {
     "raster": "policies.baselines:GridPolicy",
     "botorch": "policies.bayesian:BotorchPolicy",
     "ax": "policies.ax:AxPolicy",
+    "gest": "policies.gest:GestPolicy",
+    "rl": "policies.rl.policy:RLPolicy",
+    "greedy": "policies.rl.policy:GreedyPolicy",
+    "feature": "policies.rl.policy:FeaturePolicy",
 }
 
 

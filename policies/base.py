@@ -199,7 +199,7 @@ class Decision:
 
 @runtime_checkable
 class DataSelector(Protocol):
-    """Decides, online, which data products to keep (policies/novelty.py implements the real one)."""
+    """Decides, online, which data products to keep (policies/selection/ implements the real one)."""
 
     def decide(self, trial_id: int, data: np.ndarray | None, metrics: dict[str, float]) -> Decision:
         ...

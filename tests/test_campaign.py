@@ -193,7 +193,7 @@ def test_a_data_product_of_the_wrong_shape_fails_its_trial_and_the_campaign_goes
 
 
 def test_warm_up_never_writes_past_budget_bytes():
-    from policies.novelty import NoveltySelector
+    from policies.selection import NoveltySelector
 
     sel = NoveltySelector(NoveltySelector.Options(warmup=10, budget_bytes=5 * 32, background=False, epochs=5,
                                                   retrain_every=0, device="cpu"), seed=0)
