@@ -52,6 +52,7 @@ class CampaignSummary:
     hypervolume: float | None = None
     figures: list[str] = field(default_factory=list)
     fallbacks: dict[str, Any] = field(default_factory=lambda: {"count": 0, "reasons": []})
+    degraded: list[str] = field(default_factory=list)  # standing degradations, e.g. the policy's fast paths off
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -153,6 +154,16 @@ class Campaign:
             raise UserError(f"policy: {exc}") from None
         self.fallbacks = FallbackTally({})
         self.selector: DataSelector = self._make_selector()
+
+    def degradations(self) -> list[str]:
+        """What the policy says it runs without (e.g. its fast paths), shown in the progress line and the summary."""
+        fn = getattr(self.policy, "degradations", None)
+        return list(fn()) if callable(fn) else []
+
+    def _progress_note(self, front_note: str) -> str:
+        degraded = self.degradations()
+        return "; ".join(part for part in (front_note, "degraded: " + "; ".join(d.split(":")[0] for d in degraded)
+                                           if degraded else "") if part)
 
     def _make_selector(self) -> DataSelector:
         if self.config.selection.kind == "none":
@@ -366,6 +377,8 @@ class Campaign:
         ready: list[Proposal] = []  # computed ahead while every worker was busy; not yet journaled
         old_handlers = self._install_signal_handlers()
         self.reporter.start(cfg.name, total, completed)
+        for line in self.degradations():
+            self.reporter.message(f"degraded: {line}")
         clean = False
         try:
             while not stopped:
@@ -423,7 +436,7 @@ class Campaign:
                     elif outcome == "failed":
                         failed += 1
                     self._save_elapsed(t0)
-                    self.reporter.update(completed, failed, best, front_note, fallbacks=self.fallbacks.count)
+                    self.reporter.update(completed, failed, best, self._progress_note(front_note), fallbacks=self.fallbacks.count)
             clean = True
         finally:
             if executor is not None:
@@ -754,7 +767,7 @@ class Campaign:
             name=self.config.name, store=str(self.store.path),
             completed=sum(r.status == "completed" for r in records),
             failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
-            fallbacks=self._fallback_tally(records).to_json(),
+            fallbacks=self._fallback_tally(records).to_json(), degraded=self.degradations(),
         )
         if len(self.objectives) == 1:
             best = best_trial(records, self.objectives[0], self.constraints)

@@ -271,6 +271,8 @@ def _run(campaign, args: argparse.Namespace) -> int:
     elif not args.quiet:
         _print_summary(summary, campaign)
     _warn_fallbacks(summary.fallbacks, summary.completed + summary.failed, summary.store)
+    for line in getattr(summary, "degraded", []):
+        print(f"warning: the policy ran degraded: {line}", file=sys.stderr)
     if summary.stopped == "interrupted":
         return 130
     reason = campaign_failure(summary, first_error)
@@ -312,6 +314,8 @@ def _print_summary(summary, campaign, console=None) -> None:
         hv = "n/a" if summary.hypervolume is None else f"{summary.hypervolume:.6g}"
         table.add_row("Pareto set", f"{len(summary.pareto)} trials, hypervolume {hv} (below)")
     _fallback_rows(table, summary.fallbacks)
+    for line in getattr(summary, "degraded", []):
+        table.add_row("degraded", line)
     warned = getattr(summary, "library_warnings", 0)
     if warned:
         table.add_row("library warnings", f"{warned} (`--verbose` shows them)")

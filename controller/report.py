@@ -17,6 +17,14 @@ from policies.base import Objective, OutcomeConstraint
 
 SCAN_ROWS = 20_000
 """Pool rows drawn in the model maps at most (a random subset beyond), so a huge grid stays quick."""
+GP_POINTS = 500
+"""Measurements the model map's GP is fitted on at most (exact GP: O(n^3)): the best half and the latest."""
+TABLE_ROWS = 1000
+"""Trials listed in index.html at most (the latest); `aec export` gives them all."""
+
+
+class NoModel(Exception):
+    """Why the scan map has no model panels, in words for the caption."""
 
 
 def report_dir(store_path: Path) -> Path:
@@ -136,23 +144,35 @@ def novelty_figure(records: list[TrialRecord]):
 
 def pool_model(config: dict[str, Any], base_dir: Path, records: list[TrialRecord], names: list[str],
                metric: str, seed: int = 0) -> dict[str, np.ndarray] | None:
-    """A GP (BoTorch SingleTaskGP) fitted on the measurements, predicted over the pool rows; None when the
-    space has no pool table here (a simulator's catalogue) or there are too few measurements."""
+    """A GP (BoTorch SingleTaskGP) fitted on the measurements (at most GP_POINTS: the best half and the
+    latest), predicted over the pool rows; raises NoModel (with the reason) when the space has no pool table
+    here (a simulator's catalogue), it cannot be read, or there are too few measurements. The result's
+    `fitted_on` and `measured` say how many points the GP saw."""
     from controller.config import SpaceConfig
     from controller.space import Space
 
     pool_cfg = (config.get("space") or {}).get("pool")
     if not pool_cfg or pool_cfg.get("simulator"):
-        return None
+        raise NoModel("the pool is a simulator's catalogue, not a table")
     done = [r for r in _done(records, [metric]) if r.x]
     if len(done) < 3:
-        return None
+        raise NoModel(f"{len(done)} measurement(s) with encoded settings, 3 needed")
     try:
         space = Space.from_config(SpaceConfig.model_validate(config["space"]), base_dir)
-    except (UserError, ValueError, OSError):
-        return None
+    except (UserError, ValueError, OSError) as exc:
+        raise NoModel(f"the pool table cannot be read here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if space.pool is None or not all(n in space.names for n in names):
-        return None
+        raise NoModel(f"the pool has no columns {', '.join(names)}")
+    measured = len(done)
+    if len(done) > GP_POINTS:
+        sign = -1.0 if (config["objectives"][0].get("goal", "minimize") == "maximize") else 1.0
+        best = sorted(range(len(done)), key=lambda i: sign * done[i].metrics[metric])[:GP_POINTS // 2]
+        chosen = set(best)
+        for i in range(len(done) - 1, -1, -1):
+            if len(chosen) >= GP_POINTS:
+                break
+            chosen.add(i)
+        done = [done[i] for i in sorted(chosen)]
     import torch
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
@@ -171,7 +191,8 @@ def pool_model(config: dict[str, Any], base_dir: Path, records: list[TrialRecord
         mean = post.mean.squeeze(-1).numpy()
         std = post.variance.clamp_min(0).sqrt().squeeze(-1).numpy()
     i, j = space.names.index(names[0]), space.names.index(names[1])
-    return {"x": space.pool[rows, i], "y": space.pool[rows, j], "mean": mean, "std": std}
+    return {"x": space.pool[rows, i], "y": space.pool[rows, j], "mean": mean, "std": std, "fitted_on": len(done),
+            "measured": measured}
 
 
 def _figures(store: Store) -> list[tuple[str, str, Any]]:
@@ -193,12 +214,19 @@ def _figures(store: Store) -> list[tuple[str, str, Any]]:
     numeric = [k for k, v in (first.params if first else {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if space.get("pool") is not None and len(numeric) >= 2:
         base_dir = Path(store.get_meta("base_dir", ".") or ".")
+        why = ""
         try:
             model = pool_model(config, base_dir, records, numeric[:2], objectives[0].metric, config.get("seed", 0))
-        except Exception:  # noqa: BLE001 - a model that cannot be fitted leaves the measured map
-            model = None
-        caption = "measured map" + ("; the GP's mean and standard deviation over the pool" if model else
-                                    " (no model map: the pool table is not readable here or too few measurements)")
+        except NoModel as exc:
+            model, why = None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be fitted leaves the measured map
+            model, why = None, f"the GP could not be fitted: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if model is not None:
+            caption = "measured map; the GP's mean and standard deviation over the pool" + (
+                f" (GP fitted on {model['fitted_on']} of the {model['measured']} measurements: the best and the latest)"
+                if model["fitted_on"] < model["measured"] else "")
+        else:
+            caption = f"measured map (no model map: {why})"
         out.append(("scan.png", caption, scan_figure(records, numeric[:2], objectives[0].metric, model)))
     if any(r.novelty is not None for r in records):
         out.append(("novelty.png", "novelty score per measurement, kept or dropped", novelty_figure(records)))
@@ -229,7 +257,10 @@ def write_html(store: Store, out: Path | None = None) -> Path:
             for name, caption, fig in _figures(store)]
     if figs:
         sections.append(H.section("figures", f'<div class="figs">{"".join(figs)}</div>'))
-    sections.append(H.section(f"trials ({len(records)})", _trial_table(records)))
+    shown = records[-TABLE_ROWS:]
+    note = (f'<p class="note">the latest {len(shown)} of {len(records)} trials; `aec export {store.path}` '
+            "gives them all</p>" if len(shown) < len(records) else "")
+    sections.append(H.section(f"trials ({len(records)})", note + _trial_table(shown)))
     subtitle = (f"{len(records)} trials, store {store.path}, report written "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} from the store")
     return H.write_page(out, H.page(f"aec: {config['name']}", subtitle, sections))

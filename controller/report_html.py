@@ -67,10 +67,26 @@ def page(title: str, subtitle: str, sections: Sequence[str]) -> str:
 
 def write_page(folder: Path, text: str) -> Path:
     """index.html in `folder`, replaced atomically so a browser never reads half a page."""
-    path = folder / "index.html"
-    tmp = folder / ".index.html.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return write_atomic(folder / "index.html", text)
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """`path` replaced atomically: a uniquely named temp file in the same folder (two writers never share one),
+    then os.replace; the temp file is removed if anything fails."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path
 
 

@@ -738,9 +738,16 @@ def test_missing_botorch_fast_path_names_disable_those_paths_visibly():
         assert set(fast_paths.MISSING) == {"mll_fit", "cached_nei"}, fast_paths.MISSING
         H = history(np.random.default_rng(21).random((10, 2)), quadratic)
         for _ in range(2):
-            (p,) = policy(cube(2), strict=True).propose(H, 1, [])
+            pol = policy(cube(2), strict=False)
+            (p,) = pol.propose(H, 1, [])
             assert "fallback" not in p.reason and p.reason["acquisition"] == "qlognei"
+            assert pol.degradations() and "degraded" in pol.degradations()[0]  # for the progress line and summary
             print("REASON", p.reason["fast_paths"])
+        from policies import PolicyFallbackError
+        try:
+            policy(cube(2), strict=True)
+        except PolicyFallbackError as exc:
+            print("STRICT", exc)
     ''')
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
@@ -748,6 +755,7 @@ def test_missing_botorch_fast_path_names_disable_those_paths_visibly():
     reasons = [line for line in out.stdout.splitlines() if line.startswith("REASON")]
     assert len(reasons) == 2 and all("degraded" in r and "mll_fit" in r and "cached_nei" in r for r in reasons)
     assert out.stderr.count("degraded:") == 1  # warned once
+    assert any(line.startswith("STRICT") and "fast paths degraded" in line for line in out.stdout.splitlines())
 
 
 def test_fantasies_shrink_the_std_only_as_conditioning_does():

@@ -145,3 +145,19 @@ def test_more_workers_than_the_initial_design_extend_it_instead_of_falling_back(
         history.append(Observation(trial_id=k, x=np.array([0.3 * k, 0.1]), metrics={"z": 1.0}))  # 'y' never came
     with pytest.raises(PolicyFallbackError, match="too few completed observations"):
         pol.propose(history, 1, pending)  # the design's results are in and still no model: a real fallback
+
+
+def test_fast_paths_turned_off_show_in_the_progress_line_the_summary_and_stderr(write_campaign):
+    path = write_campaign("slowpath", trials=5, policy={"kind": "botorch", "initial": 3, "num_restarts": 2,
+                                                         "raw_samples": 32})
+    run = _cli("run", str(path), "--json", env={"AEC_FAST_PATHS": "0"})
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["fallbacks"]["count"] == 0 and len(summary["degraded"]) == 1
+    assert summary["degraded"][0].startswith("fast paths off (AEC_FAST_PATHS=0)")
+    assert "warning: the policy ran degraded: fast paths off" in run.stderr
+    plain = _cli("run", str(path.parent / "slowpath.yaml"), "--store", str(path.parent / "again.db"),
+                 env={"AEC_FAST_PATHS": "0"})
+    assert "degraded: fast paths off" in plain.stdout + plain.stderr  # said at the start and on the progress line
+    fast = json.loads(_cli("run", str(path), "--json", "--store", str(path.parent / "fast.db")).stdout)
+    assert fast["degraded"] == []

@@ -231,3 +231,198 @@ def test_replay_examples_run_and_report(name, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert all(r["finished"] == 1 and r["fallbacks"] == 0 for r in res["policies"].values())
     assert (out / "index.html").stat().st_size > 10_000
+
+
+# reuse of a replay folder ----------------------------------------------------------------------
+
+
+def _pool_csv(path: Path, shift: float = 0.0) -> Path:
+    rng = np.random.default_rng(9)
+    return _csv(path, ["a", "b", "y"], [[*x, float(np.sin(5 * x[0]) + x[1] + shift)] for x in rng.random((30, 2))])
+
+
+def _replay_argv(data: Path, out: Path, *extra: str, budget: int = 5, objective: str = "y") -> list[str]:
+    return ["replay", "--data", str(data), "--inputs", "a,b", "--objective", objective, "--policies", "random,sobol",
+            "--seeds", "2", "--budget", str(budget), "--out", str(out), "--quiet", *extra]
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and (p.parent.name == "data" or p.name in ("replay.json", "results.json"))}
+
+
+def test_a_folder_made_by_another_replay_is_refused_and_left_alone(tmp_path, capsys):
+    data, out = _pool_csv(tmp_path / "good.csv"), tmp_path / "r1"
+    assert main(_replay_argv(data, out)) == 0
+    before = _snapshot(out)
+    other = tmp_path / "other"
+    other.mkdir()
+    policy_file = tmp_path / "pols.yaml"
+    policy_file.write_text(yaml.safe_dump({"policies": [{"kind": "random"}, {"kind": "grid", "name": "sobol",
+                                                                         "points_per_dim": 3}]}))
+    capsys.readouterr()
+    cases = [
+        (_replay_argv(data, out, budget=10), "(budget 5 vs 10)"),
+        (_replay_argv(data, out, objective="y:max"), "goal minimize vs maximize"),
+        (_replay_argv(_pool_csv(other / "good.csv", 1.0), out), f"data {data} vs {other / 'good.csv'}"),
+        (["replay", "--data", str(data), "--inputs", "a,b", "--objective", "y", "--policy-file", str(policy_file),
+          "--seeds", "2", "--budget", "5", "--out", str(out), "--quiet"], "policy.kind sobol vs grid"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {out} was made by a different replay (")
+        assert expected in err[0] and err[0].endswith("; use a new --out"), err
+    _pool_csv(data, 1.0)  # the same file, other contents
+    assert main(_replay_argv(data, out)) == 2
+    assert f"contents of {data}" in capsys.readouterr().err
+    assert _snapshot(out) == before  # no data, plan or result of the first replay overwritten
+    res = json.loads((out / "results.json").read_text())
+    assert all(len(r["best_so_far_median"]) == 5 for r in res["policies"].values())
+
+
+def test_an_interrupted_run_of_another_replay_is_refused_and_the_same_replay_reuses_its_runs(tmp_path, capsys):
+    import sqlite3
+
+    from controller.replay.runner import FINISHED_META, run_state
+
+    data, out = _pool_csv(tmp_path / "good.csv"), tmp_path / "r"
+    assert main(_replay_argv(data, out)) == 0
+    store = Plan.read(out).runs[0].store
+    with sqlite3.connect(store) as db:  # as if killed before it finished
+        db.execute("DELETE FROM meta WHERE key = ?", (FINISHED_META,))
+    assert run_state(Path(store)) == (False, 5)
+    (out / "replay.json").unlink()  # the stores alone say which replay made them
+    capsys.readouterr()
+    assert main(_replay_argv(data, out, budget=10)) == 2
+    assert "(budget 5 vs 10)" in capsys.readouterr().err
+    assert main(_replay_argv(data, out, "--json")[:-2] + ["--json"]) == 0
+    calls = json.loads(capsys.readouterr().out)["this_call"]
+    assert calls == {"finished": 1, "skipped": 3, "failed": 0}
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"name": 1}', "top: missing"),
+    ("garbage{", "not readable as JSON"),
+    ("[1, 2]", "damaged"),
+    ('{"name": "x", "top": 0.05, "problems": {"p": {"bogus": 1}}, "runs": []}', "damaged"),
+])
+def test_a_damaged_replay_json_is_a_one_line_error(tmp_path, capsys, content, expected):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "replay.json").write_text(content)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out / 'replay.json'}: ") and expected in err[0], err
+
+
+# ties, fallbacks, levels, known optima, temp files -----------------------------------------------
+
+
+def test_rows_tied_with_the_cut_off_are_all_top():
+    values = np.array([3, 0, 1, 1, 1, 5, 6, 7, 8, 9] * 2, dtype=float)  # ceil(0.1 * 20) = 2: cut-off value 0
+    assert M.top_set(values, 0.1, maximize=False).tolist() == [1, 11]
+    assert M.top_set(values, 0.15, maximize=False).tolist() == [1, 2, 3, 4, 11, 12, 13, 14]  # 3rd best is a 1
+    flat = np.full(20, 2.5)
+    top = M.top_set(flat, 0.05, maximize=True)
+    assert len(top) == 20  # a constant objective: every row is as good as the best
+    curve = M.top_fraction([4, 9, 0], top)
+    assert curve.tolist() == pytest.approx([1 / 20, 2 / 20, 3 / 20])
+    assert M.enhancement_factor(curve, 20).tolist() == pytest.approx([1.0, 1.0, 1.0])  # no policy beats random
+
+
+def test_a_constant_objective_gives_every_policy_ef_one(tmp_path):
+    data = _csv(tmp_path / "flat.csv", ["x", "y"], [[i, 1.0] for i in range(20)])
+    assert main(["replay", "--data", str(data), "--inputs", "x", "--objective", "y", "--policies", "grid,random",
+                 "--seeds", "2", "--budget", "6", "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["problems"]["flat"]["top_count"] == 20
+    for r in res["policies"].values():
+        assert r["enhancement_factor"]["at_budget"] == pytest.approx(1.0)
+        assert r["top_fraction_mean"][-1] == pytest.approx(6 / 20)
+
+
+def test_fallbacks_show_in_the_table_and_warn_on_stderr(tmp_path, capsys, monkeypatch):
+    from controller.replay import summary
+
+    real = summary.run_trace
+
+    def with_fallbacks(run):
+        trace = real(run)
+        if trace is not None and run.policy == "sobol":
+            trace["fallbacks"] = 2
+        return trace
+
+    monkeypatch.setattr(summary, "run_trace", with_fallbacks)
+    data = _pool_csv(tmp_path / "d.csv")
+    argv = [a for a in _replay_argv(data, tmp_path / "r") if a != "--quiet"]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "fallbacks" in cap.out
+    row = next(line for line in cap.out.splitlines() if " sobol " in line)
+    assert row.split("│")[3].strip() == "4", row  # policy, runs, fallbacks
+    warn = [line for line in cap.err.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "sobol 4 time(s)" in warn[0] and "random" not in warn[0]
+
+
+@pytest.mark.parametrize("levels", ["5", "0", "0.05,1", "abc"])
+def test_levels_outside_zero_one_are_refused(tmp_path, capsys, levels):
+    store = tmp_path / "s.db"
+    store.write_bytes(b"")
+    assert main(["replay", "--store", str(store), "--keep-fractions", "0.1", "--levels", levels,
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --levels: expected "), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_selection_replay_honours_the_campaigns_sample_rate():
+    from controller.replay.selection import _sample_rate
+
+    assert _sample_rate({"kind": "autoencoder", "sample_rate": 0.0}) == (0.0, [])
+    rate, notes = _sample_rate({"kind": "autoencoder", "sample_rate": 0.25})
+    assert rate == 0.25 and "sample_rate 0.25 is honoured" in notes[0]
+    assert _sample_rate({"kind": "autoencoder"})[0] == pytest.approx(0.02)  # the selector's default
+
+
+def _branin_campaign(tmp_path: Path, **space) -> Path:
+    camp = {"name": "br", "objectives": [{"metric": "y", "goal": space.pop("goal", "minimize")}],
+            "instrument": {"kind": "simulator", "name": "branin"}, "policy": {"kind": "random"},
+            "budget": {"trials": 4}, **space}
+    path = tmp_path / "br.yaml"
+    path.write_text(yaml.safe_dump(camp))
+    return path
+
+
+def test_a_known_optimum_is_used_only_for_its_goal_and_full_bounds(tmp_path, capsys):
+    from controller.replay.plan import _known_optimum
+
+    full = {"instrument": {"kind": "simulator", "name": "branin"}, "objectives": [{"metric": "y", "goal": "minimize"}]}
+    value, why = _known_optimum(full)
+    assert value == pytest.approx(0.397887, rel=1e-4) and why is None
+    assert _known_optimum({**full, "objectives": [{"metric": "y", "goal": "maximize"}]})[1].startswith(
+        "the simulator's known optimum 0.397887 is for goal minimize")
+    narrow = {**full, "space": {"parameters": [{"name": "x0", "type": "real", "low": 0.0, "high": 1.0},
+                                               {"name": "x1", "type": "real", "low": 0.0, "high": 15.0}]}}
+    assert "parameter x0 is [0.0, 1.0], not the simulator's full [-5.0, 10.0]" in _known_optimum(narrow)[1]
+
+    _branin_campaign(tmp_path, goal="maximize")
+    (tmp_path / "rp.yaml").write_text(yaml.safe_dump({"campaigns": [{"file": "br.yaml"}], "policies": ["random"],
+                                                      "seeds": 1, "budget": 4}))
+    capsys.readouterr()
+    assert main(["replay", str(tmp_path / "rp.yaml"), "--out", str(tmp_path / "r")]) == 0
+    prob = json.loads((tmp_path / "r" / "results.json").read_text())["problems"]["br"]
+    assert "optimum" not in prob and "regret_median" not in prob["policies"]["random"]
+    assert len(prob["policies"]["random"]["best_so_far_median"]) == 4
+    assert "no regret curve (best so far only)" in capsys.readouterr().out
+
+
+def test_stale_temp_names_do_not_block_writing_the_plan_results_or_page(tmp_path):
+    data, out = _pool_csv(tmp_path / "d.csv"), tmp_path / "r"
+    out.mkdir()
+    for name in (".index.html.tmp", "replay.json.tmp", "results.json.tmp"):  # the old fixed temp names
+        (out / name).mkdir()
+    assert main(_replay_argv(data, out)) == 0
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert (out / "index.html").is_file() and json.loads((out / "replay.json").read_text())["runs"]
+    assert not [p for p in out.iterdir() if p.is_file() and p.name.endswith(".tmp")]

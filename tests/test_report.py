@@ -107,3 +107,36 @@ def test_novelty_over_time_is_drawn_and_the_selection_can_be_replayed(workdir, w
     assert res["scored"] == 16  # measured after the warm-up
     kept = {r["keep_fraction"]: r["kept"] for r in res["alternatives"]}
     assert kept[0.1] <= 1 and kept[0.1] <= kept[0.5] <= 8  # floor(fraction * 16): the budget is never exceeded
+    assert res["sample_rate"] == 0.02 and "sample_rate 0.02 is honoured" in res["notes"][0]  # the selector's default
+
+
+def test_the_model_map_and_trial_table_are_capped_and_say_so(tmp_path, monkeypatch):
+    from controller import report
+
+    assert main(["run", str(_pool_campaign(tmp_path, 8)), "--quiet"]) == 0
+    monkeypatch.setattr(report, "GP_POINTS", 5)
+    monkeypatch.setattr(report, "TABLE_ROWS", 3)
+    fitted = []
+    real = report.pool_model
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        fitted.append(out["fitted_on"])
+        return out
+
+    monkeypatch.setattr(report, "pool_model", spy)
+    assert main(["report", str(tmp_path / "scan.db"), "--quiet"]) == 0
+    text = (tmp_path / "scan.db.report" / "index.html").read_text()
+    assert fitted == [5] and "GP fitted on 5 of the 8 measurements" in text
+    assert "the latest 3 of 8 trials" in text and "<h2>trials (8)</h2>" in text
+    table = text[text.index("<h2>trials (8)</h2>"):]
+    assert table.count("<tr>") == 4  # the header and 3 trials
+
+
+def test_the_no_model_caption_gives_the_real_reason(tmp_path):
+    assert main(["run", str(_pool_campaign(tmp_path, 5)), "--quiet"]) == 0
+    (tmp_path / "pool.csv").unlink()  # the pool table is not readable here any more
+    assert main(["report", str(tmp_path / "scan.db"), "--quiet"]) == 0
+    text = (tmp_path / "scan.db.report" / "index.html").read_text()
+    caption = re.search(r"<figcaption>(measured map[^<]*)</figcaption>", text).group(1)
+    assert "no model map: the pool table cannot be read here: " in caption and "pool.csv" in caption, caption

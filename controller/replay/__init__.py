@@ -18,10 +18,13 @@ def replay(spec: "ReplaySpec", out: str | Path, *, base_dir: str | Path = ".", w
            progress: "Progress | None" = None) -> tuple["ReplayOutcome", dict[str, Any]]:
     """Run (or resume) a replay into `out`; returns what each run did and the results written to out/results.json."""
     from controller.replay.plan import make_plan
-    from controller.replay.runner import execute
+    from controller.replay.runner import check_reuse, execute
     from controller.replay.summary import write_results
 
-    plan = make_plan(spec, Path(out), Path(base_dir))
+    out = Path(out)
+    plan = make_plan(spec, out, Path(base_dir))
+    check_reuse(plan)  # a folder made by a different replay is refused before anything in it is written
+    (out / "data").mkdir(parents=True, exist_ok=True)
     plan.write()
     outcome = execute(plan, workers or spec.workers, progress)
     return outcome, write_results(plan)

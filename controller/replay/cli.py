@@ -104,6 +104,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: is a file; give a folder")
     if args.keep_fractions and not args.store:
         raise UserError("--keep-fractions: needs --store (a campaign that scored novelty)")
+    if args.keep_fractions:
+        _check_fractions(args)
     data, base, source = spec_from_args(args)
     if args.keep_fractions and "policies" not in data:
         return _selection_only(args, out)
@@ -121,6 +123,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(json.dumps({**results, "this_call": calls}, allow_nan=False))
     elif not args.quiet:
         _print_results(results, outcome, out)
+    _warn_fallbacks(results)
     failed = [r for r in outcome.runs if r.status == "failed"]
     for r in failed[:5]:
         print(f"error: run {r.key} failed: {r.error}", file=sys.stderr)
@@ -134,12 +137,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _selection_only(args: argparse.Namespace, out: Path) -> int:
     from controller.replay.selection import selection_replay
 
+    fractions, levels = _check_fractions(args)
     out.mkdir(parents=True, exist_ok=True)
-    fractions = _floats(args.keep_fractions, "--keep-fractions")
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise UserError("--keep-fractions: expected fractions in (0, 1]")
-    results = [selection_replay(Path(s), fractions, _floats(args.levels, "--levels")) for s in args.store]
-    (out / "selection.json").write_text(json.dumps(results, indent=1))
+    results = [selection_replay(Path(s), fractions, levels) for s in args.store]
+    from controller.report_html import write_atomic
+
+    write_atomic(out / "selection.json", json.dumps(results, indent=1))
     if args.json:
         print(json.dumps(results))
     elif not args.quiet:
@@ -154,7 +157,19 @@ def _selection_only(args: argparse.Namespace, out: Path) -> int:
                 t.add_row(f"{row['keep_fraction']:g}", f"{row['level']:g}", str(row["novel"]), str(row["kept"]),
                           str(row["also_kept_by_campaign"]))
             Console(width=160).print(t)
+            for note in res.get("notes", []):
+                print(f"note: {note}")
     return 0
+
+
+def _check_fractions(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    fractions = _floats(args.keep_fractions, "--keep-fractions")
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise UserError(f"--keep-fractions: expected fractions in (0, 1], got {args.keep_fractions!r}")
+    levels = _floats(args.levels, "--levels")
+    if not levels or any(not 0 < v < 1 for v in levels):
+        raise UserError(f"--levels: expected comma-separated p-value levels in (0, 1), got {args.levels!r}")
+    return fractions, levels
 
 
 def _progress(args: argparse.Namespace):
@@ -176,12 +191,12 @@ def _print_results(results: dict[str, Any], outcome, out: Path) -> None:
         title = f"{name}: {n} measurements per run" + (
             f", pool of {prob['pool_size']}, top {prob['top_count']} ({results['top']:.0%})" if has_top else "")
         t = Table(title=title)
-        cols = ["policy", "runs"] + (["Top% at budget", "EF at budget", "AF at Top% 0.5"] if has_top else []) + [
+        cols = ["policy", "runs", "fallbacks"] + (["Top% at budget", "EF at budget", "AF at Top% 0.5"] if has_top else []) + [
             "best (median)" if len(prob["objectives"]) == 1 else "hypervolume (median)", "s/decision"]
         for c in cols:
             t.add_column(c, justify="right")
         for pol, r in prob["policies"].items():
-            row = [pol, f"{r.get('finished', 0)}/{r['runs']}"]
+            row = [pol, f"{r.get('finished', 0)}/{r['runs']}", str(r.get("fallbacks", 0))]
             if has_top:
                 tf = r.get("top_fraction_mean")
                 row += [_f(tf[-1]) if tf else "-", _f(r.get("enhancement_factor", {}).get("at_budget")),
@@ -197,6 +212,16 @@ def _print_results(results: dict[str, Any], outcome, out: Path) -> None:
     skipped = outcome.count("skipped")
     print(f"results: {out / 'results.json'}" + (f" ({skipped} finished run(s) reused)" if skipped else "")
           + f"; `aec report {out}` draws them", file=sys.stderr)
+
+
+def _warn_fallbacks(results: dict[str, Any]) -> None:
+    """One stderr line per problem whose runs fell back (e.g. a model that could not be fitted: Sobol instead)."""
+    for name, prob in results["problems"].items():
+        fell = {pol: r.get("fallbacks", 0) for pol, r in prob["policies"].items() if r.get("fallbacks", 0)}
+        if fell:
+            print(f"warning: {name}: runs fell back to another proposal method: "
+                  + ", ".join(f"{pol} {n} time(s)" for pol, n in fell.items())
+                  + " (the fallbacks column; details in each run's journal, `aec show RUN.db`)", file=sys.stderr)
 
 
 def _af_at(af: dict[str, Any] | None, level: float) -> float | None:

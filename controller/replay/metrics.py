@@ -2,7 +2,9 @@
 hypervolume, and their summaries over seeds.
 
 Definitions, for a pool of N candidates and the top fraction t (default 0.05):
-- the top set is the M = ceil(t N) candidates with the best objective (ties broken by pool order);
+- the top set is every candidate at least as good as the ceil(t N)-th best value, so M >= ceil(t N): rows tied
+  with the cut-off value all count as top (Liang et al. do not say how ties are broken; breaking them by pool
+  order would reward a raster scan for the file's row order, and a constant objective would give Top% 0);
 - Top%(n) = |top set among the first n picks| / M;
 - random sampling without replacement finds n M / N top candidates in expectation, so
   Top%_random(n) = n / N (the paper's `P_rand`), and EF(n) = Top%(n) / (n / N);
@@ -20,12 +22,15 @@ import numpy as np
 
 
 def top_set(values: np.ndarray, top: float, maximize: bool) -> np.ndarray:
-    """Pool indices of the best ceil(top * N) values (a stable sort: ties go to the earlier row)."""
+    """Pool indices (ascending) of every value at least as good as the ceil(top * N)-th best: ties at the
+    cut-off are all top, so the set may hold more than ceil(top * N) rows (all of them for a constant objective)."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top must be in (0, 1], got {top}")
-    m = int(math.ceil(len(values) * top - 1e-12))
+    values = np.asarray(values, dtype=float)
+    m = max(int(math.ceil(len(values) * top - 1e-12)), 1)
     order = np.argsort(-values if maximize else values, kind="stable")
-    return order[:max(m, 1)]
+    cut = values[order[m - 1]]
+    return np.flatnonzero(values >= cut if maximize else values <= cut)
 
 
 def top_fraction(picks: Sequence[int], top_indices: np.ndarray) -> np.ndarray:

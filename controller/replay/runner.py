@@ -22,6 +22,7 @@ from controller.replay.progress import SilentProgress
 log = logging.getLogger(__name__)
 
 FINISHED_META = "replay"
+RUN_META = "replay_run"  # the run's fingerprint and config (Run.meta()): which replay made this store
 INTERRUPTED = ("stopped by request", "interrupted")  # a campaign stopped by a signal: its run is not finished
 
 
@@ -69,6 +70,83 @@ def run_state(store: Path) -> tuple[bool, int]:
             return bool((st.get_meta(FINISHED_META) or {}).get("finished")), done
     except UserError:
         return False, 0
+
+
+def check_reuse(plan: Plan) -> None:
+    """Refuse (UserError) to reuse a replay folder made by a different replay: a run of the same name in
+    DIR/replay.json or a run store (finished or interrupted) whose fingerprint differs from this plan's.
+    Nothing is written; call before `plan.write()`."""
+    from controller.errors import UserError
+    from controller.replay.plan import PLAN_FILE
+
+    out = Path(plan.out)
+    old_runs: dict[str, Any] = {}
+    if (out / PLAN_FILE).is_file():
+        try:
+            old_runs = {r.key: r for r in Plan.read(out).runs}
+        except UserError as exc:
+            raise UserError(f"{exc}; or remove it and run the replay again (each run's store says which replay "
+                            "made it)") from None
+    for run in plan.runs:
+        old = old_runs.get(run.key)
+        theirs = old.meta() if old is not None else None
+        if theirs is None or theirs["fingerprint"] == run.fingerprint:
+            theirs = _store_meta(Path(run.store))
+        if theirs is not None and theirs.get("fingerprint") != run.fingerprint:
+            raise UserError(f"{out} was made by a different replay ({describe_difference(theirs, run.meta(), out)}); "
+                            "use a new --out")
+
+
+def _store_meta(store: Path) -> dict[str, Any] | None:
+    """A run store's RUN_META when it holds trials ({} when it has none: made before fingerprints), else None."""
+    from controller.errors import UserError
+    from controller.store import Store
+
+    if not store.is_file() or store.stat().st_size == 0:
+        return None
+    try:
+        with Store(store) as st:
+            if not st.trials():
+                return None
+            return st.get_meta(RUN_META) or {}
+    except UserError:
+        return None
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], out: Path) -> str:
+    """What differs between two runs' meta, in a few words: 'budget 5 vs 10', 'the data's contents (FILE)'."""
+    if not old.get("fingerprint"):
+        return "its runs carry no fingerprint: an earlier aec made them"
+    parts = []
+    if old.get("data_hash") != new.get("data_hash"):
+        src_old, src_new = old.get("source"), new.get("source")
+        parts.append(f"contents of {src_new}" if src_old == src_new or not src_old
+                     else f"data {src_old} vs {src_new}")
+    data_dir = str((out / "data").resolve())
+    a, b = _flat(old.get("config") or {}), _flat(new.get("config") or {})
+    for key in sorted(set(a) | set(b), key=lambda k: (k != "budget.trials", k)):
+        va, vb = a.get(key, "(none)"), b.get(key, "(none)")
+        if va == vb or (isinstance(va, str) and isinstance(vb, str) and va.startswith(data_dir)
+                        and vb.startswith(data_dir)):  # pool files: named by their contents, compared above
+            continue
+        parts.append(f"{'budget' if key == 'budget.trials' else key} {va} vs {vb}")
+    if not parts:
+        return "another fingerprint"
+    return "; ".join(parts[:3]) + ("; ..." if len(parts) > 3 else "")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flat(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
 
 
 def execute(plan: Plan, workers: int = 1, progress: Progress | None = None) -> ReplayOutcome:
@@ -210,9 +288,11 @@ def _run_campaign(run: dict[str, Any], reporter: Any) -> dict[str, Any]:
         config = parse_config(run["config"], Path(run["base_dir"]), source=run["key"])
         if _has_trials(store):
             campaign = Campaign.resume(store, reporter=reporter)
-            _same_run(campaign, config, store)
+            _same_run(campaign, config, store, run.get("fingerprint"))
         else:
             campaign = Campaign(config, store, reporter=reporter)
+            campaign.store.set_meta(RUN_META, {"fingerprint": run.get("fingerprint", ""), "config": run["config"],
+                                               "data_hash": run.get("data_hash"), "source": run.get("source")})
         try:
             summary = campaign.run()
             if summary.stopped in INTERRUPTED:
@@ -242,13 +322,17 @@ def _has_trials(store: Path) -> bool:
         return False
 
 
-def _same_run(campaign, config, store: Path) -> None:
+def _same_run(campaign, config, store: Path, fingerprint: str | None = None) -> None:
     """A store under DIR/runs/ left by another replay (other data, policy or budget) is refused, not mixed in."""
     from controller.config import config_to_dict
     from controller.errors import UserError
 
     mine = config_to_dict(config)
     theirs = config_to_dict(campaign.config)
+    meta = campaign.store.get_meta(RUN_META) or {}
+    if fingerprint and meta.get("fingerprint") != fingerprint:
+        campaign.close()
+        raise UserError(f"{store}: holds a run of another replay (another fingerprint); use a new --out folder")
     if mine != theirs:
         campaign.close()
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))

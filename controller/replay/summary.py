@@ -4,7 +4,6 @@ policy, over seeds, the best-so-far, regret, Top%, EF, AF and hypervolume curves
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +59,9 @@ def write_results(plan: Plan, folder: Path | None = None) -> dict[str, Any]:
     """Compute the results from the stores and write them to results.json in `folder` (default: the replay's
     own), atomically; returns them."""
     results = summarize(plan)
-    path = Path(folder or plan.out) / RESULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(results), indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    from controller.report_html import write_atomic
+
+    write_atomic(Path(folder or plan.out) / RESULTS_FILE, json.dumps(_finite(results), indent=1, allow_nan=False))
     return results
 
 
@@ -79,7 +77,8 @@ def _problem_results(prob: Problem, traces: dict[str, list[tuple[int, dict[str, 
         top_idx = M.top_set(values, top, maximize[0])
         out.update(pool_size=len(values), top_count=len(top_idx),
                    random_top_fraction=M.random_top_fraction(np.arange(1, prob.budget + 1), len(values)).tolist())
-    optimum = prob.optimum if prob.optimum is not None else _optimum(truth, traces, metrics, maximize)
+    optimum = None if not prob.regret else (  # a known optimum that does not apply: best so far only (see notes)
+        prob.optimum if prob.optimum is not None else _optimum(truth, traces, metrics, maximize))
     reference = _reference(truth, traces, prob) if len(metrics) > 1 else None
     if reference is not None:
         out["reference_point"] = reference.tolist()

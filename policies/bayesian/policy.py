@@ -233,6 +233,8 @@ class BotorchPolicy:
             logger.warning("botorch policy: %s", self.device_fallback)
             device = "cpu"
         self.fast_paths = opts.fast_paths and fast_paths.env_enabled()
+        if self.strict and self.fast_paths and fast_paths.MISSING:
+            raise PolicyFallbackError("botorch", "fast paths " + fast_paths.note(True))
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
@@ -261,6 +263,11 @@ class BotorchPolicy:
         return WARM_START_AFTER if len(self.outcomes.metrics) == 1 else self.options.fit_max
 
     # -----------------------------------------------------------------------------------------
+
+    def degradations(self) -> list[str]:
+        """Standing reasons this policy runs other than at its best (fast paths off or missing), for the progress line."""
+        note = fast_paths.note(self.options.fast_paths)
+        return [] if note == "on" else [f"fast paths {note}"]
 
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """n proposals (fewer when a pool runs out), avoiding pending trials.
