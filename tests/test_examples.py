@@ -12,7 +12,7 @@ from controller.cli import main
 
 # run elsewhere, against what they need: the EPICS example against its IOC (tests/test_epics.py); replay
 # files are not campaign files (tests/test_replay.py runs them)
-ELSEWHERE = {"microscope_epics.yaml"}
+ELSEWHERE = {"microscope_epics.yaml", "telescope_rl.yaml"}  # telescope_rl: trained first (tests/test_rl_cli.py)
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")
                   if p.name not in ELSEWHERE and not p.name.startswith("replay_"))
 

@@ -4,7 +4,8 @@ The instrument's setting is a pointing (ra, dec in ICRS degrees), snapped to the
 field; `evaluate` observes a batch of settings one after another, advancing the clock by slew,
 settle, readout and exposure, and returns per observation the depth reached, the transients seen,
 a science reward and an image cutout. `features()` / `step()` form a sequential-decision interface
-(for an RL scheduler) with the same physics, vectorised over every field at once.
+with the same physics, vectorised over every field at once; `features_batch` and `batch.NightBatch`
+step many nights at once for the RL scheduler (policies/rl).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from simulators.telescope import ephemeris, imaging, sky
 from simulators.telescope.catalogue import TRANSIENT_CLASSES, Fields, build_fields, draw_transients
 from simulators.telescope.mount import Mount
 from simulators.telescope.site import Calendar, Site, parse_date, resolve_site
-from simulators.telescope.survey import Epoch, SurveyLog
+from simulators.telescope.survey import SINCE_CAP_DAYS, Epoch, SurveyLog
 from simulators.telescope.weather import Weather
 
 METRICS = ["reward", "depth", "snr_max", "n_detected", "airmass", "altitude", "seeing", "sky_brightness",
@@ -218,9 +219,6 @@ class TelescopeSimulator:
         f = self.fields
         return {"field_id": f.field_id.copy(), "ra": f.ra.copy(), "dec": f.dec.copy(),
                 "priority": f.priority.copy(), "class": f.kind.copy()}
-
-    def feature_names(self) -> list[str]:
-        return list(FEATURES)
 
     # conditions, vectorised over targets and times --------------------------------------------
 
@@ -452,25 +450,42 @@ class TelescopeSimulator:
             return math.inf
         return float(self.mount.slew_time(alt[0], az[0], alt[1], az[1]))
 
-    def features(self) -> torch.Tensor:
-        """Observation features (n_fields, len(FEATURES)) at the clock, in `feature_names()` order."""
-        t = self.calendar.fit(self.clock, self.exposure)
+    def altaz(self, mjd: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alt, az) in degrees of field rows `rows` (all by default) at times `mjd`, broadcast, on the device."""
+        t = torch.as_tensor(mjd, dtype=torch.float64, device=self.device)
+        ra = self._ra if rows is None else self._ra[rows.to(self.device)]
+        dec = self._dec if rows is None else self._dec[rows.to(self.device)]
+        lst = ephemeris.local_sidereal_time(t, self.site.longitude).to(self.dtype)
+        return ephemeris.horizontal(lst - ra, dec, self.site.latitude)
+
+    def features_batch(self, mjd: torch.Tensor, morning: torch.Tensor, pointing: tuple[torch.Tensor, torch.Tensor],
+                       last_visit: torch.Tensor, n_visits: torch.Tensor, known_active: torch.Tensor) -> torch.Tensor:
+        """Features (B, n_fields, len(FEATURES)) of B survey states at once: times `mjd` (B,), the nights' morning
+        twilights (B,), pointings (alt, az) (B,), and per field last visit MJD, visit count and active transients (B, n)."""
+        t = mjd.to(device=self.device, dtype=torch.float64).view(-1, 1)
         c = self.conditions(t)
-        alt0, az0 = (torch.tensor(v, dtype=self.dtype, device=self.device) for v in self.pointing)
+        alt0, az0 = (v.to(device=self.device, dtype=self.dtype).view(-1, 1) for v in pointing)
         slew = self.mount.slew_time(alt0, az0, c["altitude"], c["azimuth"])
-        night_left = (self.night(self.calendar.index(t))[1] - t) * 24.0
+        since = (t - last_visit.to(device=self.device, dtype=torch.float64)).clamp(max=SINCE_CAP_DAYS)
+        night_left = ((morning.to(device=self.device, dtype=torch.float64).view(-1, 1) - t) * 24.0).to(self.dtype)
         cols = {
             **{k: c[k] for k in ("altitude", "airmass", "moon_separation", "sky_brightness", "seeing", "depth",
                                  "cloud", "moon_illumination", "sun_altitude")},
-            "hour_angle": c["hour_angle"] / 15.0, "slew_time": slew,
-            "since_visit": self.survey.since_visit(t).to(self.dtype), "n_visits": self.survey.n_visits.to(self.dtype),
-            "known_active": self.survey.known_active(t).to(self.dtype),
-            "priority": self._priority, "observable": c["observable"].to(self.dtype),
-            "night_left": torch.full_like(slew, night_left),
+            "hour_angle": c["hour_angle"] / 15.0, "slew_time": slew, "since_visit": since.to(self.dtype),
+            "n_visits": n_visits.to(device=self.device, dtype=self.dtype),
+            "known_active": known_active.to(device=self.device, dtype=self.dtype),
+            "priority": self._priority.expand_as(slew), "observable": c["observable"].to(self.dtype),
+            "night_left": night_left.expand_as(slew),
         }
-        return torch.stack([cols[k] for k in FEATURES], dim=1)
+        return torch.stack([cols[k] for k in FEATURES], dim=-1)
 
-    observe_all = features
+    def features(self) -> torch.Tensor:
+        """Observation features (n_fields, len(FEATURES)) at the clock, in FEATURES order."""
+        t = self.calendar.fit(self.clock, self.exposure)
+        one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+        return self.features_batch(one(t), one(self.night(self.calendar.index(t))[1]),
+                                   (one(self.pointing[0]), one(self.pointing[1])), self.survey.last_visit.view(1, -1),
+                                   self.survey.n_visits.view(1, -1), self.survey.known_active(t).view(1, -1))[0]
 
     def action_mask(self) -> torch.Tensor:
         """Bool (n_fields,): fields above the altitude limit for the next exposure (dome state aside)."""
