@@ -291,9 +291,9 @@ class EpicsInstrumentConfig(Strict):
     trigger: EpicsTriggerConfig | None = None
     metrics: dict[MetricName, PVName] = Field(min_length=1, description="metric -> scalar PV")
     data: PVName | None = Field(None, description="waveform PV read as the data product")
-    timeout: float = Field(5.0, gt=0, description="seconds for each connection, put and get")
-    move_timeout: float = Field(60.0, gt=0, description="seconds for every axis to arrive")
-    acquire_timeout: float = Field(60.0, gt=0, description="seconds for the acquisition to finish")
+    timeout: float = Field(5.0, gt=0, description="seconds for each connection and get, and a stop put")
+    move_timeout: float = Field(60.0, gt=0, description="seconds for every axis to arrive (its put completed)")
+    acquire_timeout: float = Field(60.0, gt=0, description="seconds for the acquisition (and its put) to finish")
 
     @field_validator("parameters", mode="before")
     @classmethod

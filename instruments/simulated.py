@@ -1,9 +1,12 @@
 """Any simulator from the `simulators` package as an instrument (one batch of one per measurement).
 
-Placement: a simulator without a `device` option runs on the GPU its worker was given (Ray sets
-CUDA_VISIBLE_DEVICES for a worker with `gpus_per_worker`), else on the CPU. A worker given a GPU
-that torch cannot use measures on the CPU, says so once in the log, and marks every measurement
-with a `fallback` reason, which the campaign counts.
+Placement: a simulator without a `device` option runs on the GPU its Ray worker was given (the Ray
+executor's actor calls `set_worker_gpus()` with `ray.get_gpu_ids()` before it builds the instrument;
+Ray sets CUDA_VISIBLE_DEVICES for a worker with `gpus_per_worker`), else on the CPU. Anywhere else
+(the local executor, the Python API) a simulator stays on the CPU whatever CUDA_VISIBLE_DEVICES the
+shell has: pass `device` to choose. A Ray worker given a GPU that torch cannot use measures on the
+CPU, says so once in the log, and marks every measurement with a `fallback` reason, which the
+campaign counts.
 """
 from __future__ import annotations
 
@@ -65,10 +68,17 @@ class SimulatedInstrument:
         return callable(getattr(self.simulator, "move_cost", None))
 
 
+_WORKER_GPUS: list[str] = []
+
+
+def set_worker_gpus(ids: list[Any]) -> None:
+    """Called by a Ray worker (one instrument per process) with `ray.get_gpu_ids()`: the GPUs Ray gave it."""
+    _WORKER_GPUS[:] = [str(i) for i in ids]
+
+
 def given_gpus() -> str:
-    """The GPUs this process was given (CUDA_VISIBLE_DEVICES, as Ray sets it for a GPU worker); '' for none."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return "" if value in ("", "-1", "NoDevFiles") else value
+    """The GPUs Ray gave this worker process ('0', '0,1'); '' outside a Ray worker or in one given none."""
+    return ",".join(_WORKER_GPUS)
 
 
 def _place_on_given_gpu(name: str, options: dict[str, Any], factory_sig: set[str] | None) -> str | None:
@@ -80,11 +90,12 @@ def _place_on_given_gpu(name: str, options: dict[str, Any], factory_sig: set[str
 
     if torch.cuda.is_available():
         options["device"] = "cuda"
-        log.info("simulator %s placed on the worker's GPU (CUDA_VISIBLE_DEVICES=%s)", name, gpus)
+        log.info("simulator %s placed on the Ray worker's GPU %s", name, gpus)
         return None
     why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA driver or device is usable"
-    reason = (f"simulator {name}: the worker was given GPU {gpus} (CUDA_VISIBLE_DEVICES) but torch cannot use it "
-              f"({why}); measured on the CPU")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    reason = (f"simulator {name}: the Ray worker was given GPU {gpus} (CUDA_VISIBLE_DEVICES={visible}) but torch "
+              f"cannot use it ({why}); measured on the CPU")
     options["device"] = "cpu"
     log.warning(reason)
     return reason

@@ -4,6 +4,10 @@ A measurement that runs past the per-trial timeout is aborted (the instrument's 
 reported as a retryable failure, and its worker replaced, so one hung instrument call never stalls the
 campaign. A stop aborts every measurement in flight (`abort_all`) before its trials are journaled
 abandoned, so none keeps running behind a resume.
+
+An instrument that has `close()` is closed when its worker is replaced (timeout, cancel) and at
+`shutdown()`, in a daemon thread so that a close that blocks never stalls the controller; shutdown waits
+for it at most `CLOSE_WAIT` seconds and logs a close that did not return.
 """
 from __future__ import annotations
 
@@ -17,6 +21,38 @@ from controller.executors.base import Trial, TrialResult, Utilisation, next_dead
 from instruments.base import Instrument
 
 log = logging.getLogger(__name__)
+
+CLOSE_WAIT = 2.0
+"""Seconds `shutdown()` waits for the instruments' close() (together) before it leaves them to daemon threads."""
+
+
+def close_instrument(instrument: object, who: str) -> threading.Thread | None:
+    """Call the instrument's close() (where it has one) in a daemon thread; its errors are logged, never raised.
+
+    Returns the thread, to be joined with a bounded wait, or None when there is nothing to close.
+    """
+    close = getattr(instrument, "close", None)
+    if not callable(close):
+        return None
+
+    def run() -> None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - a failing close must not take the controller down
+            log.exception("close() of the instrument of %s failed", who)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"aec-close-{who}")
+    thread.start()
+    return thread
+
+
+def join_closing(threads: list[tuple[str, threading.Thread]], within: float) -> None:
+    """Wait for close() threads until `within` seconds have passed; log every close that has not returned."""
+    deadline = time.monotonic() + max(0.0, within)
+    for who, thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("close() of the instrument of %s did not return within %g s; left to a daemon thread", who, within)
 
 
 class _Slot:
@@ -66,10 +102,12 @@ class _Slot:
                 log.exception("abort() of worker %d failed", self.index)
 
     def replace(self) -> None:
-        """Abandon a hung worker thread (it is a daemon) and start a fresh one with a new instrument."""
+        """Abandon a hung worker thread (it is a daemon), close its instrument (without waiting: close() may
+        block as the measurement did) and start a fresh one with a new instrument."""
         self.inbox.put(None)
         self.generation += 1
         self.trial, self.aborted_at = None, None
+        close_instrument(self.instrument, f"worker {self.index}")
         self._start(self.make_instrument())
 
     def stop(self) -> None:
@@ -189,8 +227,16 @@ class LocalExecutor:
         return out
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker threads and close every instrument (waiting at most CLOSE_WAIT s for the closes)."""
         for slot in self.slots:
             slot.stop()
         if wait:
             for slot in self.slots:
                 slot.thread.join(timeout=1.0)
+        closing = []
+        for slot in self.slots:
+            instrument, slot.instrument = slot.instrument, None
+            thread = close_instrument(instrument, f"worker {slot.index}")
+            if thread is not None:
+                closing.append((f"worker {slot.index}", thread))
+        join_closing(closing, CLOSE_WAIT)

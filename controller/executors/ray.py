@@ -16,9 +16,14 @@ from typing import Any
 
 from controller.executors.base import ExecutorError, Trial, TrialResult, Utilisation, next_deadline
 from controller.executors.ray_actor import InstrumentActor
-from controller.executors.ray_runtime import check_capacity, cluster_line, connect, first_line
+from controller.executors.ray_runtime import check_capacity, check_fraction, cluster_line, connect, first_line
 
 log = logging.getLogger(__name__)
+
+CLOSE_WAIT = 2.0
+"""Seconds `shutdown()` waits for the actors' close() of their instruments (together) before killing them."""
+REPLACE_CLOSE_WAIT = 0.5
+"""Seconds a worker being replaced gets to close its instrument before its actor is killed."""
 
 
 @dataclass
@@ -53,20 +58,30 @@ class RayExecutor:
         self.ray = ray
         self.timeout, self.start_timeout = timeout, start_timeout
         self.utilisation = Utilisation(workers)
-        self._owns_runtime = connect(address)
         self._actor_args = (spec, base_dir, seed, parameter_names)
-        options: dict[str, Any] = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker, "max_concurrency": 2}
-        if runtime_env:
-            options["runtime_env"] = runtime_env
-        self._actor_class = ray.remote(InstrumentActor).options(**options)
         self.workers: list[_Worker] = []
+        self._shut = False
+        check_fraction("gpus_per_worker", gpus_per_worker, zero_ok=True)
+        check_fraction("cpus_per_worker", cpus_per_worker, zero_ok=False)
+        self._owns_runtime = connect(address)
         try:
+            self._actor_class = self._options(cpus_per_worker, gpus_per_worker, runtime_env)
             check_capacity(workers, cpus_per_worker, gpus_per_worker)
             self.workers = [self._spawn(i) for i in range(workers)]
             self._await_ready(self.workers)
         except BaseException:
             self.shutdown(wait=False)
             raise
+
+    def _options(self, cpus: float, gpus: float, runtime_env: dict[str, Any] | None) -> Any:
+        """The actor class with its resources and runtime_env; Ray's refusal of the runtime_env is one line."""
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_concurrency": 2}
+        if runtime_env:
+            options["runtime_env"] = runtime_env
+        try:
+            return self.ray.remote(InstrumentActor).options(**options)
+        except (TypeError, ValueError) as exc:  # resources are checked above, so this is the runtime_env
+            raise ExecutorError(f"executor.runtime_env: Ray refused it: {first_line(exc)}") from None
 
     # workers -------------------------------------------------------------------------------
 
@@ -99,12 +114,33 @@ class RayExecutor:
             f"executor: {missing} of {asked} Ray worker(s) did not start within start_timeout={self.start_timeout:g} s "
             f"({cluster_line()}; other jobs may hold the rest); raise executor.start_timeout or ask for fewer resources")
 
-    def _replace(self, w: _Worker, why: str) -> None:
-        """Kill `w`'s actor (its process, and with it a command's process group) and start a fresh one."""
+    def _replace(self, w: _Worker, why: str, close: bool = True) -> None:
+        """Kill `w`'s actor (its process, and with it a command's process group) and start a fresh one.
+
+        A live actor first gets REPLACE_CLOSE_WAIT s to close its instrument (a server connection ended
+        cleanly); killing the process frees its threads and sockets in any case."""
         log.warning("ray worker %d replaced: %s", w.index, why)
+        if close and w.ready is None:
+            self._close([w], REPLACE_CLOSE_WAIT)
         self._kill(w)
         fresh = self._spawn(w.index)
         self.workers[w.index] = fresh
+
+    def _close(self, workers: list[_Worker], within: float) -> None:
+        """The instruments' close() in their actors (beside a measurement that may still run), waited for at
+        most `within` s together; one that does not return is logged (its actor is killed next anyway)."""
+        refs = {}
+        for w in workers:
+            try:
+                refs[w.actor.close.remote()] = w
+            except Exception:  # noqa: BLE001 - the actor or the cluster is gone
+                log.debug("could not ask ray worker %d to close its instrument", w.index, exc_info=True)
+        if not refs:
+            return
+        _, late = self.ray.wait(list(refs), num_returns=len(refs), timeout=within)
+        for ref in late:
+            log.warning("close() of the instrument of ray worker %d did not return within %g s; its actor is killed",
+                        refs[ref].index, within)
 
     def _kill(self, w: _Worker) -> None:
         try:
@@ -174,7 +210,7 @@ class RayExecutor:
             m, err, retry, started, finished = self.ray.get(w.ref)
         except self.ray.exceptions.RayError as exc:
             m, err, retry, started, finished = None, f"ray worker died: {first_line(exc)}", True, w.started, now
-            self._replace(w, err)
+            self._replace(w, err, close=False)  # its process is gone, and its instrument with it
         else:
             if w.aborted_at is not None and m is None:
                 err, retry = f"timed out after {self.timeout:g} s; instrument aborted ({err})", True
@@ -244,7 +280,12 @@ class RayExecutor:
         return out
 
     def shutdown(self, wait: bool = True) -> None:
-        """Kill every actor; stop Ray too when this executor started it."""
+        """Close every started actor's instrument (at most CLOSE_WAIT s, all together), kill every actor;
+        stop Ray too when this executor started it. A second call does nothing."""
+        if self._shut:
+            return
+        self._shut = True
+        self._close([w for w in self.workers if w.ready is None], CLOSE_WAIT)
         for w in self.workers:
             self._kill(w)
         if self._owns_runtime:

@@ -19,8 +19,12 @@ class InstrumentActor:
     """One instrument instance in its own worker process (and on the GPU Ray gave it, where the instrument can)."""
 
     def __init__(self, spec: dict[str, Any], base_dir: str, seed: int, parameter_names: list[str] | None):
-        from instruments.registry import build_instrument
+        import ray
 
+        from instruments.registry import build_instrument
+        from instruments.simulated import set_worker_gpus
+
+        set_worker_gpus(ray.get_gpu_ids())  # a simulator goes on the GPU Ray gave this worker, and only here
         self.error: str | None = None
         try:
             self.instrument = build_instrument(spec, base_dir, seed=seed, parameter_names=parameter_names)
@@ -48,5 +52,19 @@ class InstrumentActor:
             abort()
         except Exception:  # noqa: BLE001 - a failing abort is logged; the executor kills the worker after its grace
             log.exception("abort() of the instrument failed")
+            return False
+        return True
+
+    def close(self) -> bool:
+        """The instrument's close() (threads, sockets, server connections), once; False when it has none or it failed."""
+        instrument, self.instrument = self.instrument, None
+        self.error = self.error or "the worker's instrument was closed"
+        close = getattr(instrument, "close", None)
+        if not callable(close):
+            return False
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - logged; the executor kills the actor next anyway
+            log.exception("close() of the instrument failed")
             return False
         return True

@@ -62,6 +62,13 @@ def _reachable(address: str) -> None:
                             "running on that host, and is the port open from here?") from None
 
 
+def check_fraction(field: str, value: float, zero_ok: bool) -> None:
+    """Ray refuses a resource below its granularity (and a negative one): say so with the field's name."""
+    if value < 0 or (value == 0 and not zero_ok) or 0 < value < RAY_GRANULARITY:
+        least = f"0 or at least {RAY_GRANULARITY:g}" if zero_ok else f"at least {RAY_GRANULARITY:g}"
+        raise ExecutorError(f"executor.{field}: expected {least} (Ray's smallest fraction of a CPU or GPU), got {value:g}")
+
+
 def check_capacity(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Raise when the cluster's nodes, all of them free, could not hold `workers` actors of this size.
 
