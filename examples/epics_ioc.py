@@ -10,6 +10,8 @@ STOP (put 1: halt both axes where they are); DWELL (s), ACQUIRE (put 1: acquire 
 position; back to 0 when done), ACQUIRE_DONE (0 while acquiring), COUNTER (acquisitions so far); the
 last acquisition's SPECTRUM (waveform, counts per channel) and scalars PEAK_RATIO, ROI_SCORE,
 TOTAL_COUNTS.
+With --callback-puts, a put to X, Y or ACQUIRE completes (its put-callback) only when the move or the
+acquisition ends, as a motor record's and an areaDetector's do; without it, at once.
 The server port comes from EPICS_CA_SERVER_PORT (default 5064), as for any IOC.
 """
 from __future__ import annotations
@@ -61,9 +63,10 @@ class MicroscopeIOC(PVGroup):
     total_counts = pvproperty(name="TOTAL_COUNTS", value=0.0, read_only=True)
 
     def __init__(self, *args: Any, simulator: MicroscopeSimulator, speed: float, settle: float, dwell: float,
-                 **kwargs: Any):
+                 callback_puts: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.simulator = simulator
+        self.callback_puts = callback_puts
         self.speed, self.settle, self.initial_dwell = speed, settle, dwell
         self.limits = {"X": simulator.width - 1, "Y": simulator.height - 1}
         self._moves: dict[str, asyncio.Task] = {}
@@ -82,7 +85,11 @@ class MicroscopeIOC(PVGroup):
         if old is not None:
             old.cancel()
         await self._axis(name)[2].write(0)
-        self._moves[name] = asyncio.get_running_loop().create_task(self._travel(name, target))
+        task = self._moves[name] = asyncio.get_running_loop().create_task(self._travel(name, target))
+        if self.callback_puts:  # complete the put when the move ends, or where STOP (or a new put) left the axis
+            await asyncio.wait([task])
+            if task.cancelled():
+                return float(self._axis(name)[1].value)
         return target
 
     async def _travel(self, name: str, target: float) -> None:
@@ -132,6 +139,9 @@ class MicroscopeIOC(PVGroup):
         if self._acquisition is None or self._acquisition.done():
             await self.acquire_done.write(0)
             self._acquisition = asyncio.get_running_loop().create_task(self._acquire())
+        if self.callback_puts:  # complete the put when the acquisition ends
+            await asyncio.wait([self._acquisition])
+            return 0
         return 1
 
     async def _acquire(self) -> None:
@@ -158,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=float, default=100.0, help="stage speed, pixels/s")
     parser.add_argument("--settle", type=float, default=0.05, help="settling time after a move, s")
     parser.add_argument("--dwell", type=float, default=0.1, help="acquisition time at start (the DWELL PV), s")
+    parser.add_argument("--callback-puts", action="store_true",
+                        help="complete puts to X, Y, ACQUIRE when the move or acquisition ends (as a motor record)")
     args = parser.parse_args(argv)
     if not (args.speed > 0 and args.settle >= 0 and args.dwell > 0):
         parser.error("--speed and --dwell must be > 0, --settle >= 0")
@@ -166,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         simulator = MicroscopeSimulator(image=args.image, size=args.size, channels=CHANNELS, seed=args.seed)
     except SimulatorError as exc:
         parser.error(str(exc))
-    ioc = MicroscopeIOC(simulator=simulator, speed=args.speed, settle=args.settle, dwell=args.dwell, **ioc_options)
+    ioc = MicroscopeIOC(simulator=simulator, speed=args.speed, settle=args.settle, dwell=args.dwell,
+                        callback_puts=args.callback_puts, **ioc_options)
     run(ioc.pvdb, **run_options)
 
 

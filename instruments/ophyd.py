@@ -6,6 +6,9 @@ only bluesky's protocols are used, so ophyd.sim, ophyd and a facility's own devi
 Readable, then read()s. `mode: bluesky` does the same as a one-event run through a RunEngine, so
 the facility's document subscribers see it; its start document carries aec's trial id, attempt and
 proposal reason whenever `measure` is given them as `context`.
+A move that fails or runs past `timeout` stops every Movable still moving (direct mode; in bluesky mode
+the RunEngine stops the devices it moved) before it raises. close() aborts a measurement in progress and
+ends the RunEngine's event-loop thread; the devices themselves belong to the factory and stay as they are.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from instruments.inflight import Aborted, InFlight
 
 POLL = 0.02
 """Seconds between looks at a status while waiting on it (an abort ends the wait at the next look)."""
+CLOSE_WAIT = 10.0
+"""Seconds close() waits for an aborted bluesky run to end, and then for the RunEngine's loop thread."""
 
 
 @dataclass
@@ -122,14 +127,22 @@ class OphydInstrument:
                     readings = self._directly(params, run)
         except Aborted:
             raise InstrumentTimeout("the ophyd measurement was aborted (trial timeout or stop)") from None
+        except InstrumentError as exc:
+            if run.is_set():  # a failure after an abort (a move that the abort stopped) is the abort
+                raise InstrumentTimeout(f"the ophyd measurement was aborted (trial timeout or stop): {exc}") from None
+            raise
         return self._measurement(readings)
 
     def _directly(self, params: dict[str, Any], run: threading.Event) -> dict[str, Any]:
-        moves = [(p, self._call(f"{p}.set({params[p]!r})", lambda d=d, p=p: d.set(params[p])))
-                 for p, d in self.movables.items()]
-        deadline = time.monotonic() + self.timeout
-        for p, status in moves:
-            _wait(status, deadline, run, f"moving {p} to {params[p]!r}", self.timeout)
+        moves: list[tuple[str, Any]] = []
+        try:
+            for p, d in self.movables.items():
+                moves.append((p, self._call(f"{p}.set({params[p]!r})", lambda d=d, p=p: d.set(params[p]))))
+            deadline = time.monotonic() + self.timeout
+            for p, status in moves:
+                _wait(status, deadline, run, f"moving {p} to {params[p]!r}", self.timeout)
+        except InstrumentError as exc:  # a move that failed or timed out: the others may still be moving
+            raise InstrumentError(f"{exc}{self._stop(moves)}", retryable=exc.retryable) from None
         readables = self.readables()
         triggers = [(getattr(d, "name", "?"), self._call("trigger()", d.trigger))
                     for d in readables if isinstance(d, Triggerable)]
@@ -179,6 +192,23 @@ class OphydInstrument:
         if run.is_set():
             raise Aborted
         return readings
+
+    def _stop(self, moves: list[tuple[str, Any]]) -> str:
+        """stop() every Movable whose move has not finished; what it did, to end an error message."""
+        notes = []
+        for p, status in moves:
+            if getattr(status, "done", False):
+                continue
+            d = self.movables[p]
+            if not isinstance(d, Stoppable):
+                notes.append(f"{p} cannot stop (its device has no stop()) and may still be moving")
+                continue
+            try:
+                d.stop(success=False)
+                notes.append(f"stopped {p}")
+            except Exception as exc:  # noqa: BLE001 - device code may raise anything
+                notes.append(f"stopping {p} failed too: {type(exc).__name__}: {exc}")
+        return f" ({'; '.join(notes)})" if notes else ""
 
     def _run_engine(self) -> Any:
         """One RunEngine per instrument, made in the worker's thread (no SIGINT handler: not the main thread)."""
@@ -232,6 +262,25 @@ class OphydInstrument:
                     d.stop(success=False)
                 except Exception:  # noqa: BLE001 - an abort must not raise for a device's sake
                     pass
+
+
+    def close(self) -> None:
+        """Abort a measurement in progress, then end the RunEngine's event loop and its thread. Idempotent;
+        a later bluesky-mode measure() makes a new RunEngine."""
+        self.abort()
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        deadline = time.monotonic() + CLOSE_WAIT
+        while engine.state != "idle" and time.monotonic() < deadline:  # the aborted run winds down
+            time.sleep(POLL)
+        loop, thread = engine.loop, getattr(engine, "_th", None)
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(CLOSE_WAIT)
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
 
 
 def _device(devices: dict[str, Any], name: str, protocol: type, field: str) -> Any:

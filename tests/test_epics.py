@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,15 +44,15 @@ def _free_port() -> int:
 class IOC:
     """examples/epics_ioc.py in a subprocess on a loopback port; start() again after kill() serves the same PVs."""
 
-    def __init__(self, port: int, speed: float = 400.0, dwell: float = 0.1):
-        self.port, self.speed, self.dwell = port, speed, dwell
+    def __init__(self, port: int, speed: float = 400.0, dwell: float = 0.1, *extra: str):
+        self.port, self.speed, self.dwell, self.extra = port, speed, dwell, list(extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "IOC":
         env = {**os.environ, "EPICS_CA_SERVER_PORT": str(self.port)}
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "examples" / "epics_ioc.py"), "--interfaces", "127.0.0.1",
-             "--speed", str(self.speed), "--settle", "0.01", "--dwell", str(self.dwell), "-q"],
+             "--speed", str(self.speed), "--settle", "0.01", "--dwell", str(self.dwell), "-q", *self.extra],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -98,6 +99,28 @@ def client(ioc):
     ctx = Context()
     yield lambda name: ctx.get_pvs(PREFIX + name)[0]
     ctx.disconnect(wait=False)
+
+
+@pytest.fixture(scope="module")
+def callback_port(ca_env):
+    """A second IOC whose puts to X, Y and ACQUIRE complete only when the move or acquisition ends (a motor
+    record's and an areaDetector's put-callback), at 20 px/s and a 1 s dwell."""
+    port = _free_port()
+    server = IOC(port, 20.0, 1.0, "--callback-puts").start()
+    yield port
+    server.kill()
+
+
+@pytest.fixture
+def callback_ioc(callback_port, monkeypatch):
+    """Clients made in the test find the callback-put IOC; yields a PV getter of the test's own there."""
+    from caproto.threading.client import Context
+
+    monkeypatch.setenv("EPICS_CA_SERVER_PORT", str(callback_port))
+    ctx = Context()
+    yield lambda name: ctx.get_pvs(PREFIX + name)[0]
+    ctx.disconnect(wait=True)
+    ctx.broadcaster.disconnect(wait=True)
 
 
 def instrument_spec(timeout: float = 3.0, **changes) -> dict:
@@ -176,7 +199,7 @@ def test_abort_puts_stop_and_ends_the_measurement_mid_move(client):
     inst = _instrument()
     try:
         inst.measure({"x": 0.0, "y": 0.0})
-        client("VELO").write([5.0], wait=True, timeout=3)  # 30 pixels now take 6 s
+        client("VELO").write([1.0], wait=True, timeout=3)  # 30 pixels now take 30 s
         outcome: dict = {}
 
         def measure():
@@ -191,13 +214,13 @@ def test_abort_puts_stop_and_ends_the_measurement_mid_move(client):
         worker.start()
         time.sleep(0.5)
         inst.abort()
-        worker.join(10)
+        worker.join(30)
         rbv, dmov = (client(n).read(timeout=3).data[0] for n in ("X_RBV", "X_DMOV"))
     finally:
         client("VELO").write([400.0], wait=True, timeout=3)
         inst.close()
-    assert isinstance(outcome["error"], InstrumentTimeout) and outcome["took"] < 2.0
-    assert dmov == 1 and 0.0 <= rbv < 15.0  # stopped at once, far short of 30 (6 s away)
+    assert isinstance(outcome["error"], InstrumentTimeout) and outcome["took"] < 15.0  # the move takes 30 s
+    assert dmov == 1 and 0.0 <= rbv < 15.0  # stopped, far short of 30 (30 s away)
 
 
 def test_a_server_that_stops_answering_gives_put_and_get_timeouts_naming_the_pv(ioc):
@@ -207,16 +230,131 @@ def test_a_server_that_stops_answering_gives_put_and_get_timeouts_naming_the_pv(
         os.kill(ioc.proc.pid, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            with pytest.raises(InstrumentError, match=rf"PV {PREFIX}X did not answer a put within 0.5 s") as info:
+            # the setpoint puts go out without waiting; the done PV read while they are pending does not answer
+            with pytest.raises(InstrumentError, match=rf"PV {PREFIX}X_DMOV did not answer a get within 0.5 s") as info:
                 inst.measure({"x": 2.0, "y": 1.0})
             took = time.monotonic() - t0
         finally:
             os.kill(ioc.proc.pid, signal.SIGCONT)
-        assert info.value.retryable and took < 3.0
+        assert f"putting {PREFIX}STOP to stop x, y failed too" in str(info.value)
+        assert info.value.retryable and took < 15.0  # within `timeout`s, long before move_timeout (20 s)
         time.sleep(0.5)
         assert inst.measure({"x": 2.0, "y": 1.0}).metrics["total_counts"] > 0  # the same client recovers
     finally:
         inst.close()
+
+
+def _dmov_times(getter) -> tuple[list, Any]:
+    """Server timestamps of every X_DMOV and Y_DMOV update (name, value, timestamp), and a function ending it."""
+    seen: list = []
+    subs, callbacks = [], []  # caproto holds callbacks weakly
+    for name in ("X_DMOV", "Y_DMOV"):
+        sub = getter(name).subscribe(data_type="time")
+        callbacks.append(lambda s, r, name=name: seen.append((name, int(r.data[0]), r.metadata.timestamp)))
+        sub.add_callback(callbacks[-1])
+        subs.append(sub)
+    _wait_until(lambda: {name for name, _, _ in seen} == {"X_DMOV", "Y_DMOV"}, 30)  # each sends its value first
+    return seen, lambda: [sub.clear() for sub in subs] and callbacks
+
+
+def test_puts_that_complete_when_the_move_ends_are_bounded_by_move_timeout_and_the_axes_travel_together(
+        callback_ioc):
+    inst = _instrument(timeout=0.5)  # each move takes over 1 s (>= 25 px at 20 px/s), and so does its put
+    start = {a: float(callback_ioc(f"{a.upper()}_RBV").read(timeout=3).data[0]) for a in ("x", "y")}
+    target = {a: 10.0 if start[a] > 60 else 100.0 for a in ("x", "y")}
+    seen, end = _dmov_times(callback_ioc)
+    try:
+        m = inst.measure(target)
+        _wait_until(lambda: all([v for name, v, _ in seen if name == n][-2:] == [0, 1]
+                                for n in ("X_DMOV", "Y_DMOV")), 30)  # each has left and arrived
+    finally:
+        end()
+        inst.close()
+    for a in ("x", "y"):
+        assert abs(m.metadata[f"{a}_readback"] - target[a]) <= TOLERANCE
+    left = {n: min(t for name, v, t in seen if name == n and v == 0) for n in ("X_DMOV", "Y_DMOV")}
+    arrived = {n: max(t for name, v, t in seen if name == n and v == 1) for n in ("X_DMOV", "Y_DMOV")}
+    assert left["Y_DMOV"] < arrived["X_DMOV"] and left["X_DMOV"] < arrived["Y_DMOV"]  # both moved at once
+
+
+def test_a_trigger_put_that_completes_when_the_acquisition_ends_is_bounded_by_acquire_timeout(callback_ioc):
+    inst = _instrument(timeout=0.5)  # the acquisition (and its put) takes 1 s
+    here = {a: float(callback_ioc(f"{a.upper()}_RBV").read(timeout=3).data[0]) for a in ("x", "y")}
+    counter = callback_ioc("COUNTER").read(timeout=3).data[0]
+    try:
+        m = inst.measure(here)
+    finally:
+        inst.close()
+    assert m.metrics["total_counts"] > 0 and callback_ioc("COUNTER").read(timeout=3).data[0] == counter + 1
+
+
+@pytest.mark.parametrize("server", ["ioc", "callback_ioc"])
+def test_a_move_past_move_timeout_stops_the_axes_before_it_fails(server, request):
+    getter = request.getfixturevalue("client" if server == "ioc" else server)
+    inst = _instrument(move_timeout=0.5)
+    try:
+        x = float(getter("X_RBV").read(timeout=3).data[0])
+        target = 10.0 if x > 60 else 110.0  # at 5 px/s, 50 px or more: over 10 s away
+        getter("VELO").write([5.0], wait=True, timeout=3)
+        stopped = rf"x did not finish moving .*0.5 s.* \(put {PREFIX}STOP to stop x, y\)"
+        with pytest.raises(InstrumentError, match=stopped):
+            inst.measure({"x": target, "y": 5.0})
+        rbv, dmov = (getter(n).read(timeout=3).data[0] for n in ("X_RBV", "X_DMOV"))
+        time.sleep(0.3)
+        later = getter("X_RBV").read(timeout=3).data[0]
+    finally:
+        getter("VELO").write([400.0 if server == "ioc" else 20.0], wait=True, timeout=3)
+        inst.close()
+    assert dmov == 1 and later == rbv and abs(rbv - target) > 20  # at rest, far from the target
+
+
+def test_an_abort_ends_the_wait_for_a_pv_that_never_connects(ioc):
+    inst = _instrument(timeout=60.0, metrics={"peak_ratio": "PEAK_RATIO", "gain": "NO_SUCH_PV"})
+    outcome: dict = {}
+
+    def measure():
+        t0 = time.monotonic()
+        try:
+            inst.measure({"x": 1.0, "y": 1.0})
+        except InstrumentError as exc:
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - t0
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    time.sleep(0.5)
+    inst.abort()
+    worker.join(60)
+    inst.close()
+    assert isinstance(outcome["error"], InstrumentTimeout) and outcome["took"] < 30.0  # not the 60 s timeout
+
+
+def test_close_aborts_the_measurement_stops_the_stage_ends_every_client_thread_and_is_idempotent(client):
+    before = set(threading.enumerate())
+    inst = _instrument()
+    outcome: dict = {}
+    try:
+        inst.measure({"x": 0.0, "y": 0.0})
+        client("VELO").write([1.0], wait=True, timeout=3)  # 30 pixels now take 30 s
+
+        def measure():
+            try:
+                inst.measure({"x": 30.0, "y": 0.0})
+            except InstrumentError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=measure)
+        worker.start()
+        time.sleep(0.5)
+        inst.close()
+        worker.join(30)
+        inst.close()
+        dmov = client("X_DMOV").read(timeout=3).data[0]
+    finally:
+        client("VELO").write([400.0], wait=True, timeout=3)
+        inst.close()
+    assert isinstance(outcome["error"], InstrumentTimeout) and dmov == 1
+    _wait_until(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 30)
 
 
 def test_killing_the_ioc_mid_campaign_is_a_retryable_failure_naming_the_pv_and_the_campaign_goes_on(

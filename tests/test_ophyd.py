@@ -19,10 +19,40 @@ from instruments.ophyd import OphydInstrument
 CENTER, SIGMA, IMAX = 0.3, 0.2, 10.0
 
 DEVICES = textwrap.dedent(f'''
+    import threading, time
     from ophyd.sim import SynAxis, SynGauss
+    from ophyd.status import DeviceStatus
+
+    class Stage(SynAxis):
+        """A SynAxis whose slow move stop() halts where it is (its status fails); it records every stop()."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stops = []
+            self.halt = threading.Event()
+
+        def set(self, value):
+            if not self.delay:
+                return super().set(value)
+            status = DeviceStatus(self)
+            self.halt.clear()
+
+            def travel():
+                if self.halt.wait(self.delay):
+                    status.set_exception(RuntimeError("stopped"))
+                    return
+                self.sim_state.update(setpoint=value, readback=value, readback_ts=time.time())
+                status.set_finished()
+
+            threading.Thread(target=travel, daemon=True).start()
+            return status
+
+        def stop(self, *, success=False):
+            self.stops.append(success)
+            self.halt.set()
 
     def make(delay=0.0):
-        motor = SynAxis(name="motor", delay=delay)
+        motor = Stage(name="motor", delay=delay)
         det = SynGauss("det", motor, "motor", center={CENTER}, Imax={IMAX}, sigma={SIGMA})
         return {{"motor": motor, "det": det}}
 ''')
@@ -134,22 +164,45 @@ def test_a_bluesky_mode_campaign_is_one_run_per_trial_for_the_subscribers(beamli
 
 
 @pytest.mark.parametrize("mode", ["direct", "bluesky"])
-def test_a_move_past_the_timeout_is_retryable_and_abort_ends_a_slow_one(beamline, mode):
-    slow = instrument_spec(options={"delay": 3.0}, mode=mode, timeout=0.3)
+def test_a_move_past_the_timeout_is_retryable_stops_the_motor_and_abort_ends_a_slow_one(beamline, mode):
+    slow = instrument_spec(options={"delay": 60.0}, mode=mode, timeout=0.3)  # a move takes 60 s unless stopped
     inst = OphydInstrument(slow, base_dir=beamline, parameter_names=["x"])
+    motor = inst.movables["x"]
     t0 = time.monotonic()
     with pytest.raises(InstrumentError) as info:
         in_worker_thread(lambda: inst.measure({"x": 0.5}))
-    assert info.value.retryable and time.monotonic() - t0 < 2.5
+    assert info.value.retryable and time.monotonic() - t0 < 30.0
     assert "moving x" in str(info.value) and "did not finish within 0.3 s" in str(info.value)
+    assert motor.stops and motor.halt.is_set() and motor.position == 0.0  # stopped before the trial failed
+    inst.close()
 
-    inst = OphydInstrument({**slow, "timeout": 30.0}, base_dir=beamline, parameter_names=["x"])
+    inst = OphydInstrument({**slow, "timeout": 600.0}, base_dir=beamline, parameter_names=["x"])
     timer = threading.Timer(0.3, inst.abort)
     timer.start()
     t0 = time.monotonic()
     with pytest.raises(InstrumentTimeout, match="aborted"):
         in_worker_thread(lambda: inst.measure({"x": -0.5}))
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 30.0 and inst.movables["x"].stops
+    inst.close()
+
+
+@pytest.mark.parametrize("mode", ["direct", "bluesky"])
+def test_close_aborts_a_measurement_ends_the_run_engine_thread_and_is_idempotent(beamline, mode):
+    inst = OphydInstrument(instrument_spec(mode=mode), base_dir=beamline, parameter_names=["x"])
+    before = set(threading.enumerate())  # after the devices are made: ophyd's own control-layer threads are not ours
+    assert in_worker_thread(lambda: inst.measure({"x": 0.2})).metrics["y"] == pytest.approx(gaussian(0.2))
+    inst.movables["x"].delay = 60.0
+    timer = threading.Timer(0.3, inst.close)
+    timer.start()
+    with pytest.raises(InstrumentTimeout, match="aborted"):
+        in_worker_thread(lambda: inst.measure({"x": -0.5}))
+    timer.join()
+    inst.close()
+    assert inst.movables["x"].stops
+    deadline = time.monotonic() + 30
+    while [t for t in threading.enumerate() if t not in before and t.is_alive()]:
+        assert time.monotonic() < deadline, [t.name for t in threading.enumerate() if t not in before]
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("change, message", [
