@@ -53,6 +53,24 @@ def compare(payload: dict[str, Any], nights: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def paired(policies: dict[str, Any], against: str = "rl") -> dict[str, Any]:
+    """Per-night differences `against` - each other policy over the same nights (same weather and transients):
+    mean, standard error, the interval mean +- 2 SE, and on how many nights `against` was ahead."""
+    mine = torch.tensor(policies[against]["night_totals"], dtype=torch.float64)
+    out = {}
+    for name, score in policies.items():
+        if name == against:
+            continue
+        d = mine - torch.tensor(score["night_totals"], dtype=torch.float64)
+        se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else None  # strict JSON: null, never NaN
+        mean = float(d.mean())
+        out[name] = {"mean": mean, "se": se, "low": None if se is None else mean - 2 * se,
+                     "high": None if se is None else mean + 2 * se,
+                     "relative": mean / max(float(torch.tensor(score["night_totals"]).mean()), 1e-12),
+                     "ahead": int((d > 0).sum()), "nights": len(d)}
+    return out
+
+
 def bayesian(payload: dict[str, Any], trials: int, nights: int, seed: int) -> dict[str, Any]:
     """The cost-aware BoTorch policy (as in examples/telescope_night_bo.yaml) for the first `trials` decisions of
     each of `nights` nights, each a campaign, and every other policy over the same first decisions."""
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                      "simulator": payload["config"]["simulator"]},
         "policies": compare(payload, args.nights, args.seed),
     }
+    result["paired"] = {"against": "rl", "differences": paired(result["policies"])}
     if args.bayesian_trials > 0:
         result["first_decisions"] = bayesian(payload, args.bayesian_trials, args.bayesian_nights, args.seed)
     text = json.dumps(result, indent=None if args.json else 2)
@@ -142,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['total_reward_mean']:8.1f} +- {s['total_reward_std']:6.1f}  3-epoch transients "
                   f"{s['transients_3_epochs_mean']:6.1f}  slew {100 * s['slew_fraction']:4.1f}%  "
                   f"{s['decision_latency_ms']:.3f} ms/decision")
+        for name, d in result["paired"]["differences"].items():
+            spread = "n/a" if d["se"] is None else f"{2 * d['se']:.1f}"
+            print(f"rl - {name:8s} per night: {d['mean']:+8.1f} +- {spread} (2 SE; {100 * d['relative']:+.1f}%), "
+                  f"ahead on {d['ahead']} of {d['nights']} nights")
         for name, s in result.get("first_decisions", {}).items():
             print(f"first {s['decisions']} decisions of {s['nights']} night(s): {name:8s} "
                   f"{100 * s['fraction_of_max_reward']:5.1f}% of max/step, reward {s['reward_first_decisions_mean']:.1f}")

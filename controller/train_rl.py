@@ -119,25 +119,46 @@ def _online(args: argparse.Namespace, sim_options: dict[str, Any], train: Any, s
     try:
         found = ckpt.list_checkpoints(store_path)
         resume = ckpt.load(found[-1]) if found else None
+        replay_path = ckpt.checkpoint_dir(store_path) / REPLAY_FILE
+        if resume is not None and train.save_replay:
+            memory = _load_replay(replay_path, resume)
+            if memory is None and int(resume["episode"]) > 0:
+                _say(args, f"note: no replay memory saved with {resume['path']}: the replay memory starts empty")
+            resume["replay"] = memory
         try:
             trainer = OnlineTrainer(sim_options, train, resume=resume)
         except SimulatorError as exc:
             raise UserError(f"{args.file}: instrument.options: {exc}") from None
+        except ValueError as exc:  # a replay memory of another shape: a damaged or foreign replay.pt
+            raise UserError(f"{replay_path}: {exc}; delete it to resume with an empty replay memory") from None
         if resume is not None:
-            _say(args, f"resuming {store_path} at episode {trainer.episode} of {train.episodes} ({resume['path']})")
+            _say(args, f"resuming {store_path} at search generation {trainer.generation} of {trainer.generations}, "
+                       f"episode {trainer.episode} of {train.episodes} ({resume['path']}; "
+                       f"{trainer.replay_restored} transitions in the replay memory)")
         latest = found[-1] if found else None
-        with _Progress(args, train.episodes, trainer.episode) as bar:
-            while trainer.episode < train.episodes:
+        total = trainer.generations + train.episodes
+        with _Progress(args, total, trainer.generation + trainer.episode) as bar:
+            while not trainer.finished:
+                searching = trainer.searching
                 info = trainer.run_episode(on_step=lambda: bar.night(trainer))
-                line = (f"episode {info['episode']}/{train.episodes}: reward/night {info['reward_mean']:.1f}, "
-                        f"epsilon {info['epsilon']:.2f}, loss {info['loss']:.3f}")
-                if trainer.episode % train.eval_every == 0 or trainer.episode == train.episodes:
+                if searching:
+                    line = (f"search generation {info['generation']}/{trainer.generations}: reward/night of the mean "
+                            f"weights {info['reward_mean']:.1f}, best candidate {info['reward_best']:.1f}")
+                    evaluate = not trainer.searching
+                else:
+                    line = (f"episode {info['episode']}/{train.episodes}: reward/night {info['reward_mean']:.1f}, "
+                            f"epsilon {info['epsilon']:.2f}, loss {info['loss']:.3f}")
+                    evaluate = trainer.episode % train.eval_every == 0 or trainer.episode == train.episodes
+                if evaluate:
                     line += "; " + _score_line(trainer.evaluate())
+                if train.save_replay and not searching:  # before the checkpoint that names its step count
+                    ckpt.save(replay_path, {"steps": trainer.steps, "replay": trainer.replay.state()})
                 latest = ckpt.save(ckpt.checkpoint_dir(store_path) / ckpt.checkpoint_name(trainer.steps), trainer.payload())
                 store.set_meta("rl_latest", latest.name)
                 store.set_meta("rl_evaluations", trainer.evaluations)
-                bar.done_episode(trainer.episode, line)
+                bar.done_episode(trainer.generation + trainer.episode, line)
         return {"store": str(store_path), "checkpoint": str(latest), "episodes": trainer.episode,
+                "generations": trainer.generation,
                 "steps": trainer.steps, "evaluations": trainer.evaluations}
     finally:
         store.close()
@@ -178,6 +199,23 @@ def _offline(args: argparse.Namespace, path: Path, sim_options: dict[str, Any], 
                 "steps": payload["config"]["offline_transitions"], "evaluations": payload["evaluations"]}
     finally:
         store.close()
+
+
+REPLAY_FILE = "replay.pt"
+
+
+def _load_replay(path: Path, resume: dict[str, Any]) -> dict[str, Any] | None:
+    """The replay memory saved with the checkpoint `resume` (same step count), or None when there is none
+    (a run before the first DQN episode, or killed between writing the two files)."""
+    from policies.rl import checkpoint as ckpt
+
+    if not path.is_file():
+        return None
+    try:
+        saved = ckpt.load(path)
+    except ckpt.CheckpointError as exc:
+        raise UserError(f"{exc}; delete it to resume with an empty replay memory") from None
+    return saved["replay"] if int(saved.get("steps", -1)) == int(resume["steps"]) else None
 
 
 class _Progress:

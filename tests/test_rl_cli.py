@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SKY = {"catalogue": {"spacing": 12.0, "ra_min": 40.0, "ra_max": 220.0, "dec_min": -80.0, "dec_max": 10.0},
        "n_transients": 200, "exposure": 300.0, "cutout_size": 16, "seed": 11}
 TRAIN = {"episodes": 2, "nights": 2, "eval_nights": 2, "eval_every": 1, "hidden": 16, "batch_size": 32,
-         "replay_steps": 400, "offline_updates": 60}
+         "replay_steps": 400, "offline_updates": 60, "search_generations": 1, "search_population": 2,
+         "search_nights": 1}
 
 
 def campaign(tmp_path: Path, name: str, policy: dict, trials: int = 6) -> Path:
@@ -121,8 +122,10 @@ def test_train_rl_resumes_after_kill_9_from_its_latest_checkpoint(tmp_path):
     result = yaml.safe_load(out.stdout)
     final = ckpt.load(store)
     assert result["episodes"] == 3 and final["episode"] == 3
-    assert [e["episode"] for e in final["evaluations"]] == [2, 3]
-    assert final["steps"] > ckpt.load(first[-1])["steps"]
+    assert [e["episode"] for e in final["evaluations"]] == [0, 2, 3]  # 0: after the prior's search
+    assert final["steps"] > ckpt.load(first[-1])["steps"] and final["generation"] == 1
+    memory = ckpt.load(ckpt.checkpoint_dir(store) / "replay.pt")  # the replay memory, checkpointed with it
+    assert memory["steps"] == final["steps"] and int(memory["replay"]["written"]) > 0
 
 
 def test_offline_training_learns_from_a_store_made_by_a_campaign(tmp_path, capsys):
@@ -149,7 +152,8 @@ def test_the_example_trains_and_schedules_a_night(tmp_path, capsys):
     """examples/telescope_rl.yaml as the README runs it (train-rl, then run), with a one-night training round."""
     data = yaml.safe_load((ROOT / "examples" / "telescope_rl.yaml").read_text())
     data["policy"]["checkpoint"] = str(tmp_path / "agent.db")
-    data["policy"]["train"].update(nights=1, eval_nights=1, replay_steps=300)
+    data["policy"]["train"].update(nights=1, eval_nights=1, replay_steps=300, search_generations=1,
+                                   search_population=2, search_nights=1)
     data["store"] = str(tmp_path / "night.db")
     path = tmp_path / "telescope_rl.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -168,3 +172,19 @@ def test_validate_names_a_damaged_checkpoint(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", str(broken)]) == 2
     assert f"policy.checkpoint: {bad}: not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_a_damaged_replay_memory_is_one_line_error_when_resuming(trained, tmp_path, capsys):
+    import shutil
+
+    path, store = trained
+    copy = tmp_path / "agent.db"
+    shutil.copy(store, copy)
+    shutil.copytree(ckpt.checkpoint_dir(store), ckpt.checkpoint_dir(copy))
+    assert (ckpt.checkpoint_dir(copy) / "replay.pt").is_file()  # checkpointed with the agent
+    (ckpt.checkpoint_dir(copy) / "replay.pt").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["train-rl", str(path), "--store", str(copy), "--episodes", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "replay.pt: not a readable checkpoint" in err[0]
+    assert "delete it" in err[0]

@@ -1,5 +1,10 @@
 """Double DQN with a target network and n-step returns over B nights in lock step, and the same update
-with a conservative (CQL) penalty for learning offline from recorded campaigns."""
+with a conservative (CQL) penalty for learning offline from recorded campaigns.
+
+With `start: feature` (the default) the Q-network is a residual on a linear prior over a few features that
+starts as the feature-based (Rubin-like) scheduler: first a cross-entropy policy search improves the prior's
+weights on whole simulated nights (the true reward, batched: every candidate on the same nights), then DQN
+learns the residual; the checkpoint keeps the network that scored best on the held-out evaluation nights."""
 from __future__ import annotations
 
 import copy
@@ -11,11 +16,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from policies.rl.env import ENCODED, ENCODING, Observation, TelescopeEnv
+from policies.rl.env import ENCODED, ENCODING, FEATURE_PRIOR, PRIOR, Observation, TelescopeEnv
 from policies.rl.evaluate import NightScore, run_nights
 from policies.rl.network import TargetQNet, masked_argmax
 from policies.rl.replay import Batch, NightReplay
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer
+from simulators.telescope import TelescopeSimulator
 
 
 class TrainOptions(BaseModel):
@@ -40,6 +46,15 @@ class TrainOptions(BaseModel):
     epsilon_start: float = Field(1.0, ge=0.0, le=1.0)
     epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
     epsilon_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of the episodes epsilon decays over")
+    start: Literal["feature", "none"] = Field(
+        "feature", description="'feature': Q is a residual on a linear prior that starts as the feature-based "
+        "scheduler and is improved by policy search before DQN; 'none': a plain Q-network")
+    search_generations: int = Field(10, ge=0, le=1000, description="cross-entropy search generations of the prior")
+    search_population: int = Field(12, ge=2, le=256, description="candidate weightings per generation")
+    search_nights: int = Field(4, ge=1, le=64, description="nights each candidate is scored on (the same for all)")
+    search_sigma: float = Field(0.3, gt=0.0, le=10.0, description="initial spread of the candidates' weights")
+    save_replay: bool = Field(True, description="checkpoint the replay memory too (STORE.data/replay.pt), so a "
+                              "resumed run does not start with an empty memory")
     guide: Literal["none", "greedy", "feature"] = Field(
         "none", description="half of the exploratory actions come from this baseline scheduler instead of chance")
     cql_alpha: float = Field(1.0, ge=0.0, description="weight of the CQL penalty when training offline")
@@ -47,9 +62,10 @@ class TrainOptions(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32)
 
 
-def episode_seed(seed: int, episode: int, held_out: bool = False) -> int:
-    """The weather/transient seed of a training episode, or of the held-out nights (a separate stream)."""
-    ss = np.random.SeedSequence([seed, 1 if held_out else 0, episode])
+def episode_seed(seed: int, episode: int, held_out: bool = False, search: bool = False) -> int:
+    """The weather/transient seed of a training episode, of a search generation, or of the held-out nights
+    (three separate streams)."""
+    ss = np.random.SeedSequence([seed, 1 if held_out else 0, episode] + ([2] if search else []))
     return int(ss.generate_state(1)[0])
 
 
@@ -65,10 +81,17 @@ class DQNAgent:
     def __init__(self, opts: TrainOptions, n_inputs: int = len(ENCODED)):
         torch.manual_seed(opts.seed)
         self.opts = opts
-        self.net = TargetQNet(n_inputs, opts.hidden, opts.dueling)
+        prior = [ENCODED.index(c) for c in PRIOR] if opts.start == "feature" else None
+        self.net = TargetQNet(n_inputs, opts.hidden, opts.dueling, prior)
+        if prior:
+            self.net.prior_weights.copy_(torch.tensor([FEATURE_PRIOR[c] for c in PRIOR]))
         self.target = copy.deepcopy(self.net)
         self.optim = torch.optim.Adam(self.net.parameters(), lr=opts.lr)
         self.updates = 0
+
+    def set_prior(self, weights: torch.Tensor) -> None:
+        self.net.prior_weights.copy_(weights)
+        self.target.prior_weights.copy_(weights)
 
     def loss(self, batch: Batch, cql_alpha: float = 0.0) -> torch.Tensor:
         """Huber TD loss against the double-DQN n-step target, plus alpha * (logsumexp Q - Q(s, a_data))."""
@@ -118,19 +141,68 @@ class OnlineTrainer:
         self.generator = torch.Generator().manual_seed(opts.seed)
         self.guide = {"greedy": greedy_scorer, "feature": feature_scorer}.get(opts.guide)
         self.episode, self.steps, self.evaluations, self.seconds = 0, 0, [], 0.0
+        self.generations = opts.search_generations if opts.start == "feature" else 0
+        self.generation = 0
+        self.search: dict[str, torch.Tensor] = {}
+        self.best: dict[str, Any] | None = None
+        self.best_reward = -float("inf")
+        self.replay_restored = 0
         if resume is not None:
             self.seconds = float(resume.get("seconds", 0.0))
             self.agent.restore(resume)
             self.episode, self.steps = int(resume["episode"]), int(resume["steps"])
             self.evaluations = list(resume["evaluations"])
             self.generator.set_state(resume["generator"])
+            self.generation = int(resume.get("generation", 0))
+            self.search = dict(resume.get("search", {}))
+            self.best = resume.get("best_network")
+            self.best_reward = float(resume.get("best_reward", -float("inf")))
+            replay = resume.get("replay")
+            if replay is not None:
+                self.replay.load_state(replay)
+                self.replay_restored = len(self.replay)
+
+    @property
+    def finished(self) -> bool:
+        return self.generation >= self.generations and self.episode >= self.opts.episodes
+
+    @property
+    def searching(self) -> bool:
+        return self.generation < self.generations
+
+    def search_generation(self) -> dict[str, float]:
+        """One generation of the cross-entropy search of the prior's weights: the current mean and
+        `search_population` perturbations of it each schedule the same `search_nights` fresh nights (true
+        reward); the mean moves to the best third. The network's prior is the mean after each generation."""
+        t0 = time.perf_counter()
+        o = self.opts
+        mean = self.search.get("mean", self.agent.net.prior_weights.clone())
+        std = self.search.get("std", torch.full_like(mean, o.search_sigma))
+        cand = torch.cat([mean[None], mean + std * torch.randn(o.search_population, len(mean), generator=self.generator)])
+        sim = TelescopeSimulator(**{**self.sim_options, "images": False, "nights": o.search_nights,
+                                    "seed": episode_seed(o.seed, self.generation, search=True)})
+        env = TelescopeEnv(sim, [n for _ in range(len(cand)) for n in range(o.search_nights)])
+        rows = cand.repeat_interleave(o.search_nights, 0)
+        net = self.agent.net
+        score = run_nights(env, lambda obs: net.prior_score(obs.x, rows).masked_fill(~obs.mask, -torch.inf))
+        totals = torch.tensor(score.night_totals).view(len(cand), o.search_nights).mean(1)
+        elite = totals.argsort(descending=True)[: max(2, len(cand) // 3)]
+        self.search = {"mean": cand[elite].mean(0), "std": (0.5 * cand[elite].std(0) + 0.5 * std).clamp(min=0.02)}
+        self.agent.set_prior(self.search["mean"])
+        self.generation += 1
+        self.steps += int(score.decisions_per_night * score.nights)
+        self.seconds += time.perf_counter() - t0
+        return {"generation": self.generation, "reward_mean": float(totals[0]), "reward_best": float(totals.max())}
 
     def epsilon(self) -> float:
         frac = min(1.0, self.episode / max(1.0, self.opts.epsilon_fraction * self.opts.episodes))
         return self.opts.epsilon_start + frac * (self.opts.epsilon_end - self.opts.epsilon_start)
 
     def run_episode(self, on_step: Any = None) -> dict[str, float]:
-        """Simulate one episode (fresh weather and transients) while learning; returns its mean night reward."""
+        """One search generation while the search lasts, then one DQN episode: simulate fresh weather and
+        transients while learning; returns its mean night reward."""
+        if self.searching:
+            return self.search_generation()
         t0 = time.perf_counter()
         self.env.reseed(episode_seed(self.opts.seed, self.episode))
         eps, total, losses = self.epsilon(), torch.zeros(self.env.size, dtype=torch.float64), []
@@ -165,18 +237,26 @@ class OnlineTrainer:
         """Greedy on the Q-values over the held-out nights."""
         self.eval_env.reseed(episode_seed(self.opts.seed, 0, held_out=True))
         score = run_nights(self.eval_env, q_scorer(self.agent.net))
-        self.evaluations.append({"episode": self.episode, "steps": self.steps, **score.to_json()})
+        self.evaluations.append({"episode": self.episode, "generation": self.generation, "steps": self.steps,
+                                 **score.to_json()})
+        if score.total_reward_mean > self.best_reward:
+            self.best_reward = score.total_reward_mean
+            self.best = copy.deepcopy(self.agent.net.state_dict())
         return score
 
     def payload(self) -> dict[str, Any]:
-        return {**self.agent.state(), "episode": self.episode, "steps": self.steps, "evaluations": self.evaluations,
-                "seconds": self.seconds, "generator": self.generator.get_state(),
-                "config": model_config(self.sim_options, self.opts)}
+        out = {**self.agent.state(), "episode": self.episode, "steps": self.steps, "evaluations": self.evaluations,
+               "seconds": self.seconds, "generator": self.generator.get_state(), "generation": self.generation,
+               "search": self.search, "config": model_config(self.sim_options, self.opts)}
+        if self.best is not None:  # the network the policy uses: the best one on the held-out evaluation nights
+            out.update(best_network=self.best, best_reward=self.best_reward)
+        return out
 
 
 def model_config(sim_options: dict[str, Any], opts: TrainOptions) -> dict[str, Any]:
     """What a checkpoint must say to be used: the feature encoding, the network's shape, the simulator trained on."""
     return {"encoding": ENCODING, "inputs": list(ENCODED), "hidden": opts.hidden, "dueling": opts.dueling,
+            "prior": list(PRIOR) if opts.start == "feature" else [],
             "simulator": dict(sim_options),
             "train": opts.model_dump()}
 
@@ -187,7 +267,8 @@ def network_from(payload: dict[str, Any]) -> TargetQNet:
     if cfg.get("encoding") != ENCODING or list(cfg.get("inputs", [])) != list(ENCODED):
         raise ValueError(f"checkpoint {payload.get('path')}: feature encoding {cfg.get('encoding')!r} is not "
                          f"{ENCODING!r}; retrain with this version of aec")
-    net = TargetQNet(len(ENCODED), int(cfg["hidden"]), bool(cfg.get("dueling", False)))
-    net.load_state_dict(payload["network"])
+    prior = [ENCODED.index(c) for c in cfg.get("prior", [])]
+    net = TargetQNet(len(ENCODED), int(cfg["hidden"]), bool(cfg.get("dueling", False)), prior)
+    net.load_state_dict(payload.get("best_network") or payload["network"])
     net.eval()
     return net

@@ -78,7 +78,8 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # one line: torch's messages run over many
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not an aec RL checkpoint (format {FORMAT!r} expected)")
     payload["path"] = str(p)

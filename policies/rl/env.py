@@ -18,10 +18,15 @@ import torch
 from simulators.telescope import FEATURES, TelescopeSimulator
 from simulators.telescope.batch import NightBatch, Plan
 
-ENCODING = "aec-telescope-features-1"
+ENCODING = "aec-telescope-features-2"
 ENCODED = ["altitude", "inverse_airmass", "hour_angle", "moon_separation", "sky_brightness", "seeing", "depth",
            "slew", "novelty", "log_since_visit", "n_visits", "known_active", "priority", "night_left", "cloud",
-           "moon_illumination", "sun_altitude", "expected_reward"]
+           "moon_illumination", "sun_altitude", "expected_reward", "setting"]
+# the linear prior of the agent: these encoded columns, weighted; FEATURE_PRIOR is the feature-based (Rubin-like)
+# scheduler's weighting expressed in encoded units (policies.rl.scorers.FEATURE_WEIGHTS), where the search starts
+PRIOR = ["depth", "inverse_airmass", "slew", "sky_brightness", "novelty", "priority", "setting", "expected_reward"]
+FEATURE_PRIOR = {"depth": 1.0, "inverse_airmass": 0.5, "slew": -1.0, "sky_brightness": 0.45, "novelty": 3.0,
+                 "priority": 1.0, "setting": 0.3, "expected_reward": 0.0}
 _COL = {name: i for i, name in enumerate(FEATURES)}
 
 
@@ -45,7 +50,7 @@ def encode(feats: torch.Tensor, sim: TelescopeSimulator) -> torch.Tensor:
         1.0 - torch.exp(-since / sim.cadence), torch.log1p(since * 24.0) / math.log1p(720.0),
         col("n_visits").clamp(max=5.0) / 5.0, col("known_active").clamp(max=5.0) / 5.0, col("priority"),
         col("night_left") / 12.0, col("cloud") / 8.0, col("moon_illumination"), col("sun_altitude") / 90.0,
-        expected_reward(feats, sim),
+        expected_reward(feats, sim), (col("hour_angle") > 0) * (1.0 - col("altitude") / 90.0),
     ]
     return torch.stack(cols, dim=-1).to(torch.float32)
 

@@ -46,6 +46,23 @@ class NightReplay:
         self.reward[i], self.live[i], self.terminal[i] = reward.float(), live, terminal
         self.written += 1
 
+    _FIELDS = ("x", "mask", "action", "reward", "live", "terminal", "duration")
+
+    def state(self) -> dict:
+        """The filled rows (in ring order) and the write count, as plain tensors for a checkpoint."""
+        filled = min(self.written, self.steps)
+        return {"written": self.written, "shape": list(self.x.shape),
+                **{k: getattr(self, k)[:filled].clone() for k in self._FIELDS}}
+
+    def load_state(self, state: dict) -> None:
+        """Restore `state()`; ValueError if it was written for another shape (nights, targets, inputs, steps)."""
+        if list(state["shape"]) != list(self.x.shape):
+            raise ValueError(f"replay memory of shape {list(state['shape'])}, expected {list(self.x.shape)}")
+        filled = min(int(state["written"]), self.steps)
+        for k in self._FIELDS:
+            getattr(self, k)[:filled] = state[k][:filled]
+        self.written = int(state["written"])
+
     def __len__(self) -> int:
         return int(self.live[: min(self.written, self.steps)].sum())
 
