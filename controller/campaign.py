@@ -27,7 +27,7 @@ from controller.preflight import parse_config
 from controller.progress import LogReporter, Reporter
 from controller.results import FallbackTally, best_trial, feasible
 from controller.space import Space
-from controller.store import Store, TrialRecord
+from controller.store import OperatorQueue, Store, TrialRecord
 from instruments.base import InstrumentError
 from instruments.registry import build_instrument
 from policies import KeepAll, Observation, PolicyFallbackError, Problem, Proposal, make_policy, strict_mode
@@ -75,7 +75,9 @@ class Campaign:
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._paused = threading.Event()
-        self._operator_points: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._queued = threading.Event()  # set when operator points may be waiting in the store's queue
+        self._queue: OperatorQueue | None = None
+        self._queue_lock = threading.Lock()
         self._requests: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._fatal: PolicyFallbackError | None = None
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
@@ -241,12 +243,28 @@ class Campaign:
         self._paused.clear()
 
     def queue_point(self, params: dict[str, Any], note: str = "") -> None:
-        """Measure `params` next (thread-safe); journaled with reason 'operator' at the loop's next step.
+        """Measure `params` next (thread-safe); see `queue_points`."""
+        self.queue_points([params], note)
 
-        Raises SpaceError when `params` is not a point of the space (missing, unknown or out-of-range
-        parameters, a violated constraint, a point not in the pool).
+    def queue_points(self, points: list[dict[str, Any]], note: str = "") -> list[int]:
+        """Measure `points` next, in order (thread-safe): all or none are queued, durably, before this returns.
+
+        They go to the store's operator_queue (its own connection, committed to disk), and the loop
+        journals each as a trial with reason 'operator' in the transaction that takes it from the queue:
+        a crash at any moment neither loses an accepted point nor measures it twice; a resumed run
+        measures the points still queued first. Raises SpaceError when a point is not a point of the
+        space (missing, unknown or out-of-range parameters, a violated constraint, a point not in the pool).
         """
-        self._operator_points.put({"params": dict(params), "x": self.check_point(params), "note": note})
+        rows = []
+        for params in points:
+            x, pool_index = self.check_point(params)
+            rows.append((dict(params), np.asarray(x, dtype=float).tolist(), pool_index))
+        with self._queue_lock:
+            if self._queue is None:
+                self._queue = OperatorQueue(self.store.path)
+            ids = self._queue.put(rows, note)
+        self._queued.set()
+        return ids
 
     def check_point(self, params: dict[str, Any]) -> tuple[np.ndarray, int | None]:
         """(encoded x, pool index) of an operator's point, or SpaceError saying why it is not in the space."""
@@ -308,16 +326,18 @@ class Campaign:
             self._notify(kind, reason=json.dumps(stored[kind], sort_keys=True))
 
     def _take_operator_points(self, backlog: list[Trial], pending: dict[int, Proposal]) -> None:
-        """Journal points an operator queued ('proposed', reason 'operator') and put them first in line."""
-        while True:
-            try:
-                point = self._operator_points.get_nowait()
-            except queue.Empty:
-                return
-            x, pool_index = point["x"]
-            prop = Proposal(np.asarray(x, dtype=float), pool_index, reason={"policy": "operator", "operator": True,
-                                                                            **({"note": point["note"]} if point["note"] else {})})
-            trial = self._new_trial(prop, pending)
+        """Journal points an operator queued ('proposed', reason 'operator') and put them first in line.
+
+        Each is taken from the store's queue in the transaction that journals its trial (see Store.new_trial).
+        """
+        if not self._queued.is_set():
+            return
+        self._queued.clear()  # cleared before reading: a point queued from now on sets it again
+        for point in self.store.queued_points():
+            prop = Proposal(np.asarray(point["x"], dtype=float), point["pool_index"],
+                            reason={"policy": "operator", "operator": True, "queue_id": point["id"],
+                                    **({"note": point["note"]} if point["note"] else {})})
+            trial = self._new_trial(prop, pending, queue_id=point["id"])
             backlog.insert(sum(t.id in self._operator_ids for t in backlog), trial)  # after earlier operator points
             self._operator_ids.add(trial.id)
             self._notify("queued", trial=trial.id, attempt=1, reason="operator")
@@ -363,6 +383,9 @@ class Campaign:
             stopped = "budget reached"
         executor = self._make_executor() if not stopped else None  # before any attempt is journaled
         backlog = self._recover_in_flight(records) if executor is not None else []
+        self._operator_ids.update(t.id for t in backlog if t.reason.get("operator"))  # still first in line
+        backlog.sort(key=lambda t: t.id not in self._operator_ids)
+        self._queued.set()  # operator points queued before a crash or stop are measured first
         records = self.store.trials()
         failed = sum(r.status == "failed" for r in records)
         history = self.history()
@@ -448,6 +471,10 @@ class Campaign:
             if callable(close):
                 close()
             self.reporter.finish()
+        waiting = len(self.store.queued_points())
+        if waiting:
+            self.reporter.message(f"{waiting} operator point(s) queued but not yet measured ({stopped or 'stopped'}); "
+                                  "they are measured first when the campaign continues")
         if self._fatal is not None:
             raise self._fatal
         return self.summary(stopped or "budget reached", time.time() - t0)
@@ -573,14 +600,14 @@ class Campaign:
                 tally.add(tid, {"fallback": (payload.get("metadata") or {}).get("fallback")})
         return tally
 
-    def _new_trial(self, prop: Proposal, pending: dict[int, Proposal]) -> Trial:
+    def _new_trial(self, prop: Proposal, pending: dict[int, Proposal], queue_id: int | None = None) -> Trial:
         """Journal a proposal as a new trial ('proposed'), pending from now on, its fallback counted."""
-        trial = self._journal_new_trial(prop)
+        trial = self._journal_new_trial(prop, queue_id)
         pending[trial.id] = prop
         self._count_fallback(trial.id, prop)
         return trial
 
-    def _journal_new_trial(self, prop: Proposal) -> Trial:
+    def _journal_new_trial(self, prop: Proposal, queue_id: int | None = None) -> Trial:
         if prop.pool_index is not None:
             params = self.space.pool_params(int(prop.pool_index))
             x = self.problem.space.pool[int(prop.pool_index)]
@@ -589,7 +616,7 @@ class Campaign:
             x = self.space.encode(params)
         prop.x = np.asarray(x, dtype=float)
         rec = self.store.new_trial({"params": params, "x": prop.x.tolist(), "pool_index": prop.pool_index,
-                                    "reason": prop.reason})
+                                    "reason": prop.reason}, queue_id=queue_id)
         return Trial(rec.id, 1, params, prop.reason)
 
     def _front_note(self, front: list[TrialRecord], rec: TrialRecord | None) -> str:
@@ -785,6 +812,10 @@ class Campaign:
         return [r for r in self.store.trials() if feasible(r, self.objectives, self.constraints)]
 
     def close(self) -> None:
+        with self._queue_lock:
+            if self._queue is not None:
+                self._queue.close()
+                self._queue = None
         self.store.close()
 
 

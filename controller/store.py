@@ -1,6 +1,7 @@
 """The campaign store: one SQLite file (WAL) holding an append-only journal of trial events,
-a `trials` table derived from it in the same transaction, checkpoints, and data products as
-.npy files written atomically beside it. Every state of a campaign is rebuilt from the journal.
+a `trials` table derived from it in the same transaction, checkpoints, the operator's queue of points
+(taken in the transaction that journals each as a trial), and data products as .npy files written
+atomically beside it. Every state of a campaign is rebuilt from the journal.
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS trials (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, time REAL NOT NULL, blob BLOB NOT NULL);
 """
+# Points an operator asked for (the daemon's POST /trials), on disk before the request is answered; `trial_id`
+# is set in the transaction that journals the point's trial 'proposed', so a crash neither loses nor repeats one.
+_QUEUE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS operator_queue (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, "
+    "params TEXT NOT NULL, x TEXT NOT NULL, pool_index INTEGER, note TEXT NOT NULL, trial_id INTEGER)"
+)
 # A trial is proposed once and completed once, whatever a buggy or concurrent writer tries.
 _UNIQUE_EVENTS = (
     "CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events (trial_id, kind) WHERE kind IN ('proposed', 'completed')"
@@ -195,6 +202,7 @@ class Store:
             raise UserError(f"{self.path}: not an aec store (tables missing)")
         if self.writer:
             self._unique_events()
+            self._create_queue()
         self.data_dir = self.path.with_name(self.path.name + ".data")
         try:
             self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()  # reads the journal's pages: a damage probe
@@ -265,6 +273,13 @@ class Store:
             self.close()
             raise UserError(f"{self.path}: the store is damaged ({exc})") from None
 
+    def _create_queue(self) -> None:
+        try:
+            self.db.execute(_QUEUE_SCHEMA)  # stores made before the operator queue get it from their next writer
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"{self.path}: the store is damaged ({exc})") from None
+
     # meta and checkpoints -------------------------------------------------------------------
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -300,14 +315,35 @@ class Store:
         trials = self._cache()
         return max(trials) + 1 if trials else 0
 
-    def new_trial(self, payload: dict[str, Any]) -> TrialRecord:
-        """Journal a new trial 'proposed', its id allocated inside the write transaction."""
+    def new_trial(self, payload: dict[str, Any], queue_id: int | None = None) -> TrialRecord:
+        """Journal a new trial 'proposed', its id allocated inside the write transaction.
+
+        With `queue_id`, the operator_queue row of that id is marked taken by this trial in the same
+        transaction (ValueError, nothing written, when it is already taken).
+        """
         t = time.time()
         trials = self._cache()
         with self._transaction():
             tid = self.db.execute("SELECT COALESCE(MAX(trial_id), -1) + 1 FROM events").fetchone()[0]
+            if queue_id is not None:
+                cur = self.db.execute("UPDATE operator_queue SET trial_id=? WHERE id=? AND trial_id IS NULL",
+                                      (tid, queue_id))
+                if cur.rowcount != 1:
+                    raise ValueError(f"operator point {queue_id} is not waiting in the queue")
             rec = self._insert(trials, tid, "proposed", 1, t, payload)
         return rec
+
+    def queued_points(self) -> list[dict[str, Any]]:
+        """Operator points not yet journaled as trials, oldest first: {id, params, x, pool_index, note}."""
+        try:
+            rows = self.db.execute("SELECT id, params, x, pool_index, note FROM operator_queue "
+                                   "WHERE trial_id IS NULL ORDER BY id").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store read-only from before the queue existed
+                return []
+            raise UserError(f"{self.path}: the store is damaged ({exc})") from None
+        return [{"id": i, "params": json.loads(p), "x": json.loads(x), "pool_index": pi, "note": n}
+                for i, p, x, pi, n in rows]
 
     def append(self, trial_id: int, kind: str, attempt: int, payload: dict[str, Any]) -> TrialRecord:
         """Journal one event and update the derived trial row, in one transaction."""
@@ -446,6 +482,45 @@ class Store:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class OperatorQueue:
+    """Writes operator points into a store's `operator_queue` through its own connection (any thread).
+
+    `put` returns only once its points are committed (synchronous=FULL: in the WAL on disk), so a point that
+    an API has accepted survives a crash of the process at any later moment. Used by the store's writer
+    process only (the daemon), beside the campaign thread's own connection.
+    """
+
+    def __init__(self, path: str | Path):
+        import threading
+
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(_QUEUE_SCHEMA)
+        self._lock = threading.Lock()
+
+    def put(self, points: list[tuple[dict[str, Any], list[float], int | None]], note: str = "") -> list[int]:
+        """Queue (params, encoded x, pool index) points, all or none, in order; their queue ids."""
+        t = time.time()
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [self.db.execute(
+                    "INSERT INTO operator_queue (time, params, x, pool_index, note) VALUES (?, ?, ?, ?, ?)",
+                    (t, json.dumps(json_safe(params), default=_json_default, allow_nan=False),
+                     json.dumps([float(v) for v in x]), pool_index, note)).lastrowid
+                    for params, x, pool_index in points]
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        return ids
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
 
 def _json_default(value: Any) -> Any:

@@ -3,6 +3,7 @@
 a circuit breaker that trips and recovers. Real subprocesses, real signals, the journal checked after."""
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -164,3 +165,81 @@ def test_injected_faults_are_journaled_and_the_breaker_trips_and_recovers(tmp_pa
     assert {"started", "completed", "failed", "retry", "state"} <= log_events
     failed_line = next(line for line in d.lines() if line.get("event") == "failed")
     assert {"trial", "attempt", "duration", "reason"} <= set(failed_line)
+
+
+SLOW_PROPOSALS = '''
+import time
+from pathlib import Path
+
+from dfns import bowl  # noqa: F401 - the instrument
+
+from policies.baselines import RandomPolicy
+
+HERE = Path(__file__).parent
+_propose = RandomPolicy.propose
+
+
+def _slow(self, history, n, pending):
+    """While a file SLOW exists beside this module, a proposal takes 30 s (the loop is busy inside it)."""
+    if (HERE / "SLOW").exists():
+        (HERE / "IN_PROPOSAL").write_text("")
+        deadline = time.monotonic() + 30
+        while (HERE / "SLOW").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return _propose(self, history, n, pending)
+
+
+RandomPolicy.propose = _slow
+'''
+
+
+@pytest.mark.parametrize("resume_with", ["daemon", "resume"])
+def test_operator_points_accepted_then_sigkilled_are_measured_exactly_once_after_resume(tmp_path, resume_with):
+    """A 202 means the points are on disk: SIGKILL while the loop is inside a slow proposal (before it could
+    journal them) loses none, and `aec daemon --resume` / `aec resume` measures each once, first, as 'operator'."""
+    import subprocess
+    import sys
+
+    budget = 8
+    path = write_campaign(tmp_path, "opk", target="slowprop:bowl", budget={"trials": budget},
+                          executor={"workers": 1})
+    (tmp_path / "slowprop.py").write_text(SLOW_PROPOSALS)
+    store = tmp_path / "opk.db"
+    env = {"AEC_TEST_SLEEP": "0.05"}
+    d = Daemon(str(path), cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 60
+    while d.status()["completed"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (tmp_path / "SLOW").write_text("")
+    while not (tmp_path / "IN_PROPOSAL").exists():
+        assert time.monotonic() < deadline, "the loop never entered a proposal"
+        time.sleep(0.05)
+    points = [{"x0": 0.125, "x1": 0.25}, {"x0": 0.875, "x1": 0.5}, {"x0": 0.5, "x1": 0.0625}]
+    r = d.call("POST", "/trials", {"points": points, "note": "before the crash"})
+    assert r.status_code == 202 and r.json()["queued"] == 3
+    d.kill()
+    (tmp_path / "SLOW").unlink()
+    with Store(store) as s:
+        before = s.trials()
+    assert not [t for t in before if t.reason.get("operator")], "the loop journaled the points: no crash window"
+    last_before = max(t.id for t in before)
+
+    if resume_with == "daemon":
+        d = Daemon("--resume", str(store), cwd=tmp_path, env=env)
+        assert d.wait_state("finished", timeout=90)["completed"] == budget
+        assert d.terminate() == 0
+    else:
+        out = subprocess.run([sys.executable, "-m", "controller.cli", "resume", str(store)], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path), **env}, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    recs = _check_journal(store, budget)
+    ops = [t for t in recs if t.reason.get("policy") == "operator"]
+    assert [t.params for t in ops] == points, "an accepted point was lost or measured twice"
+    assert all(t.status == "completed" and t.attempts == 1 and t.reason["note"] == "before the crash" for t in ops)
+    assert [t.id for t in ops] == [last_before + 1, last_before + 2, last_before + 3]  # the first new trials
+    with Store(store) as s:
+        assert s.queued_points() == []
+        started = [tid for _, tid, kind, _, _, _ in s.events() if kind == "started" and tid > last_before]
+    assert started[:3] == [t.id for t in ops], "the queued points were not measured first"

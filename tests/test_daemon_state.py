@@ -126,3 +126,65 @@ def test_a_port_in_use_is_a_one_line_error():
         taken.listen()
         with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
             _listen("127.0.0.1", taken.getsockname()[1])
+
+
+def test_an_operator_point_leaves_the_queue_only_in_the_transaction_that_journals_its_trial(tmp_path):
+    from controller.store import OperatorQueue, Store
+
+    path = tmp_path / "q.db"
+    store = Store(path, create=True, meta={})
+    queue = OperatorQueue(path)  # the API thread's own connection
+    ids = queue.put([({"x": 0.25}, [0.25], None), ({"x": 0.75}, [0.75], None)], note="n")
+    with Store(path) as reader:  # committed: visible to another connection before put() returns
+        assert [p["params"] for p in reader.queued_points()] == [{"x": 0.25}, {"x": 0.75}]
+    payload = {"params": {"x": 0.25}, "x": [0.25], "pool_index": None, "reason": {"policy": "operator"}}
+    real_insert = store._insert
+
+    def crash(*args, **kwargs):
+        raise OSError("the process dies here")
+
+    store._insert = crash  # a failure after the queue row is marked taken, before the trial is journaled
+    with pytest.raises(OSError):
+        store.new_trial(payload, queue_id=ids[0])
+    store._insert = real_insert
+    assert [p["id"] for p in store.queued_points()] == ids and store.trials() == []  # rolled back together
+    rec = store.new_trial(payload, queue_id=ids[0])
+    assert [p["id"] for p in store.queued_points()] == ids[1:]
+    with pytest.raises(ValueError, match="not waiting"):
+        store.new_trial(payload, queue_id=ids[0])  # taken once: never journaled twice
+    assert [r.id for r in store.trials()] == [rec.id]
+    with pytest.raises(ValueError):  # all or none: the second point fails, the first is not queued
+        queue.put([({"x": 0.5}, [0.5], None), ({"x": 0.5}, ["not a number"], None)])
+    assert len(store.queued_points()) == 1
+    queue.close()
+    store.close()
+
+
+def test_points_queued_past_the_budget_are_said_and_measured_first_when_the_campaign_continues(write_campaign):
+    from controller import Campaign, Store, load_config
+    from controller.progress import SilentReporter
+
+    class Said(SilentReporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    path = write_campaign(trials=3)
+    c = Campaign(load_config(path), reporter=(said := Said()))
+    assert c.run().completed == 3
+    c.queue_points([{"x0": 0.25, "x1": 0.5}, {"x0": 0.75, "x1": 0.125}], note="late")
+    c.run()  # the budget is reached: nothing is measured, and the waiting points are not silently dropped
+    assert any("2 operator point(s) queued but not yet measured" in line for line in said.lines), said.lines
+    store = c.store.path
+    c.close()
+    c = Campaign.resume(store, reporter=SilentReporter(), trials=6)
+    assert c.run().completed == 6
+    c.close()
+    with Store(store) as s:
+        recs = s.trials()
+        assert s.queued_points() == []
+    assert [(r.params, r.reason["policy"], r.reason["note"]) for r in recs[3:5]] == [
+        ({"x0": 0.25, "x1": 0.5}, "operator", "late"), ({"x0": 0.75, "x1": 0.125}, "operator", "late")]
+    assert [r.reason.get("policy") for r in recs].count("operator") == 2

@@ -224,7 +224,8 @@ def create_app(service: DaemonService, token: str) -> FastAPI:
     @trials_router.post("/trials", response_model=QueuedOut, status_code=202, dependencies=[Depends(authorized)],
                         responses=guarded)
     def queue(body: PointsIn) -> QueuedOut:
-        """Queue points to measure next, journaled with reason 'operator' (all or none: each is checked first)."""
+        """Queue points to measure next, with reason 'operator' (all or none: each is checked first); on disk
+        before the 202, so a crash loses none and a resume measures them first, each once."""
         with refusals():
             n = service.queue_points(body.points, body.note)
         return QueuedOut(queued=n, state=service.machine.state.value)

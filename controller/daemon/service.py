@@ -1,8 +1,9 @@
 """The daemon's loop: one Campaign run in its own thread, steered between proposals by the state machine.
 
 The API thread never waits for the policy or the instrument: pause, resume and stop move the state
-(journaled at once) and set flags the campaign loop reads; queued points, budget and policy changes are
-handed to the loop, which journals them at its next step. Every loop event becomes a JSON log line and
+(journaled at once) and set flags the campaign loop reads; queued points are written to the store's
+operator_queue before the API answers (the loop journals each as a trial in the transaction that takes it
+from the queue); budget and policy changes are handed to the loop, which journals them at its next step. Every loop event becomes a JSON log line and
 a metric, and feeds the circuit breaker.
 """
 from __future__ import annotations
@@ -242,8 +243,7 @@ class DaemonService:
             self._check_open("queue points")
             if self.machine.state == State.FINISHED:
                 raise InvalidTransition("cannot queue points: the campaign has finished; PATCH /budget raises its budget")
-            for params in points:
-                self.campaign.queue_point(params, note)
+            self.campaign.queue_points(points, note)  # on disk (the store's operator_queue) before the API answers
         return len(points)
 
     def _check_open(self, what: str) -> None:
