@@ -193,7 +193,7 @@ class Store:
                 for key, value in (meta or {}).items():
                     self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
                 self.db.execute("COMMIT")
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = self._tables(wait=0.0 if self.writer else 2.0)
         except sqlite3.DatabaseError as exc:
             self._unlock()
             raise UserError(f"{self.path}: not an aec store ({exc})") from None
@@ -210,6 +210,15 @@ class Store:
             self.close()
             raise UserError(f"{self.path}: the store is damaged ({exc})") from None
         self._trials: dict[int, TrialRecord] | None = None
+
+    def _tables(self, wait: float) -> set[str]:
+        """The store's tables; a reader waits up to `wait` s for a writer that is creating them right now."""
+        deadline = time.monotonic() + wait
+        while True:
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if {"meta", "events", "trials"} <= tables or time.monotonic() >= deadline:
+                return tables
+            time.sleep(0.05)
 
     @property
     def lock_path(self) -> Path:
