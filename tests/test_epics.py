@@ -414,3 +414,27 @@ def _wait_until(condition, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting for the campaign"
         time.sleep(0.05)
+
+
+def test_a_daemon_campaign_runs_through_channel_access_end_to_end(ioc, tmp_path):
+    """`aec daemon` against the example IOC: values set and read back, the waveform kept, SIGTERM exits 0."""
+    from tests.daemon_helpers import Daemon
+
+    path = write_campaign(tmp_path, "daemon_ca", trials=4)
+    data = yaml.safe_load(path.read_text())
+    data["daemon"] = {"port": 0}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    daemon = Daemon(str(path), cwd=tmp_path)
+    try:
+        status = daemon.wait_state("finished", timeout=120)
+        assert status["counts"].get("completed") == 4
+        trials = daemon.get("/trials").json()["trials"]
+        assert [t["status"] for t in trials] == ["completed"] * 4
+        assert all(t["data_shape"] == [256] for t in trials)  # the SPECTRUM waveform, stored as the data product
+    finally:
+        assert daemon.terminate() == 0
+    with Store(str(tmp_path / "daemon_ca.db")) as store:
+        completed = [p for _, _, kind, _, _, p in store.events() if kind == "completed"]
+        for trial, payload in zip(trials, completed):
+            for axis in ("x", "y"):
+                assert abs(payload["metadata"][f"{axis}_readback"] - trial["params"][axis]) <= TOLERANCE
