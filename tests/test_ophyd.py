@@ -108,7 +108,8 @@ def documents(folder: Path) -> list[tuple[str, dict]]:
 
 def completed(folder: Path, name: str) -> list[dict]:
     with Store(folder / f"{name}.db") as store:
-        return [{"params": r.params, "metrics": r.metrics} for r in store.trials() if r.status == "completed"]
+        return [{"id": r.id, "params": r.params, "metrics": r.metrics, "reason": r.reason}
+                for r in store.trials() if r.status == "completed"]
 
 
 def in_worker_thread(fn):
@@ -161,6 +162,8 @@ def test_a_bluesky_mode_campaign_is_one_run_per_trial_for_the_subscribers(beamli
     assert len(trials) == len(starts) == len(events) == 4
     for t, start, event in zip(trials, starts, events):
         assert start["aec_params"] == t["params"] and event["data"]["det"] == pytest.approx(t["metrics"]["y"])
+        assert start["aec_trial_id"] == t["id"] and start["aec_attempt"] == 1  # the campaign passes its trial's context
+        assert start["aec_reason"] == t["reason"]
 
 
 @pytest.mark.parametrize("mode", ["direct", "bluesky"])
