@@ -70,7 +70,7 @@ def free_port() -> int:
 
 def start_ioc(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "examples" / "epics_ioc.py"), "--interfaces", "127.0.0.1",
-                             "--speed", "100000", "--settle", "0"], env=env, stdout=subprocess.DEVNULL,
+                             "--speed", "100000", "--settle", "0", "--dwell", "0.001"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 

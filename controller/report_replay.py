@@ -1,5 +1,6 @@
 """A replay's report: results recomputed from the run stores, then one self-contained index.html with the
-curves over seeds (median and interquartile band), Top% against the random baseline, EF and AF, and a table."""
+curves over seeds (median and interquartile band), Top% against the random baseline, EF and AF, the fraction of
+the maximum achievable reward per step (sequential simulators), and a table."""
 from __future__ import annotations
 
 import time
@@ -86,8 +87,10 @@ def _table(prob: dict[str, Any]) -> str:
     if has_top:
         head += ["Top% at budget (mean)", "EF at budget", "AF at Top% 0.5", "AF at Top% 1.0", "picks to Top% 1.0"]
     single = len(prob["objectives"]) == 1
-    head += ["best at budget (median)" if single else "hypervolume at budget (median)", "regret at budget (median)",
-             "s/decision (median)"]
+    seq = any(r.get("reward_fraction_mean") for r in prob["policies"].values())
+    head += ["best at budget (median)" if single else "hypervolume at budget (median)", "regret at budget (median)"]
+    head += ["fraction of max reward per step (mean)"] if seq else []
+    head += ["s/decision (median)"]
     rows = []
     for pol, r in prob["policies"].items():
         row: list[Any] = [pol, f"{r.get('finished', 0)}/{r['runs']}", r.get("fallbacks", 0)]
@@ -100,7 +103,9 @@ def _table(prob: dict[str, Any]) -> str:
             row += [tf[-1], (r.get("enhancement_factor") or {}).get("at_budget"), half, full[0], full[1]]
         curve = r.get("best_so_far_median") if single else r.get("hypervolume_median")
         reg = r.get("regret_median")
-        row += [curve[-1] if curve else None, reg[-1] if reg else None, r.get("seconds_per_decision_median")]
+        row += [curve[-1] if curve else None, reg[-1] if reg else None]
+        row += [r.get("reward_fraction_at_budget")] if seq else []
+        row += [r.get("seconds_per_decision_median")]
         rows.append(row)
     return H.table(head, rows)
 
@@ -125,7 +130,9 @@ def write_replay_html(folder: Path, out: Path | None = None) -> Path:
                                  "acceleration factor at each Top% level the mean curve reaches"))
         for key, title, label, log in (("best_so_far", "best so far", "best value", False),
                                        ("regret", "regret (distance from the best known value)", "regret", True),
-                                       ("hypervolume", "hypervolume", "hypervolume", False)):
+                                       ("hypervolume", "hypervolume", "hypervolume", False),
+                                       ("reward_fraction", "fraction of the maximum achievable reward per step "
+                                        "(cumulative)", "reward received / max achievable", False)):
             fig = curve_figure(prob, key, f"{name}: {title}", label, log)
             if fig is not None:
                 figs.append(H.figure(H.png(fig, out / "figures" / f"{name}.{key}.png"),

@@ -188,11 +188,13 @@ def _print_results(results: dict[str, Any], outcome, out: Path) -> None:
     for name, prob in results["problems"].items():
         n = prob["budget"]
         has_top = "pool_size" in prob
+        seq = any(r.get("reward_fraction_mean") for r in prob["policies"].values())
         title = f"{name}: {n} measurements per run" + (
             f", pool of {prob['pool_size']}, top {prob['top_count']} ({results['top']:.0%})" if has_top else "")
         t = Table(title=title)
         cols = ["policy", "runs", "fallbacks"] + (["Top% at budget", "EF at budget", "AF at Top% 0.5"] if has_top else []) + [
-            "best (median)" if len(prob["objectives"]) == 1 else "hypervolume (median)", "s/decision"]
+            "best (median)" if len(prob["objectives"]) == 1 else "hypervolume (median)"] + (
+            ["reward fraction (mean)"] if seq else []) + ["s/decision"]
         for c in cols:
             t.add_column(c, justify="right")
         for pol, r in prob["policies"].items():
@@ -202,7 +204,8 @@ def _print_results(results: dict[str, Any], outcome, out: Path) -> None:
                 row += [_f(tf[-1]) if tf else "-", _f(r.get("enhancement_factor", {}).get("at_budget")),
                         _f(_af_at(r.get("acceleration_factor"), 0.5))]
             curve = r.get("best_so_far_median") or r.get("hypervolume_median")
-            row += [_f(curve[-1]) if curve else "-", _f(r.get("seconds_per_decision_median"))]
+            row += [_f(curve[-1]) if curve else "-"] + ([_f(r.get("reward_fraction_at_budget"))] if seq else []) + [
+                _f(r.get("seconds_per_decision_median"))]
             t.add_row(*row)
         console.print(t)
         for note in prob.get("notes", []):

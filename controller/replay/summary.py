@@ -1,5 +1,6 @@
 """A replay's results, computed from its run stores alone (so a report is always current): per problem and
-policy, over seeds, the best-so-far, regret, Top%, EF, AF and hypervolume curves and seconds per decision.
+policy, over seeds, the best-so-far, regret, Top%, EF, AF and hypervolume curves, the fraction of the maximum
+achievable reward per step (sequential simulators: controller.replay.sequential) and seconds per decision.
 """
 from __future__ import annotations
 
@@ -43,16 +44,51 @@ def summarize(plan: Plan) -> dict[str, Any]:
     problems: dict[str, Any] = {}
     for name, prob in plan.problems.items():
         traces: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        notes: list[str] = []
+        sequential = _sequential(prob, notes)
         for run in plan.runs:
             if run.problem != name:
                 continue
             trace = run_trace(run)
             traces.setdefault(run.policy, [])
             if trace is not None:
+                if sequential:
+                    trace["reward"] = _reward_fraction(run, notes)
                 traces[run.policy].append((run.seed, trace))
         problems[name] = _problem_results(prob, traces, plan.top)
+        problems[name]["notes"] = problems[name]["notes"] + notes
     first = next(iter(problems.values()), {"policies": {}})
     return {"name": plan.name, "top": plan.top, "policies": first["policies"], "problems": problems}
+
+
+def _sequential(prob: Problem, notes: list[str]) -> bool:
+    """Whether the problem re-runs a sequential simulator (its reward fraction per step is computed); a note
+    when it re-runs one whose reward fraction is not defined."""
+    from controller.replay.sequential import SEQUENTIAL_SIMULATORS, applies
+
+    if prob.kind != "campaign":
+        return False
+    why = applies(prob.base_config)
+    if why is not None and (prob.base_config.get("instrument") or {}).get("name") in SEQUENTIAL_SIMULATORS:
+        notes.append(f"{prob.name}: no reward fraction per step: {why}")
+    return why is None
+
+
+def _reward_fraction(run: Run, notes: list[str]) -> dict[str, Any] | None:
+    """A run's reward-fraction trace, or None with a note saying why it has none."""
+    from controller.errors import UserError
+    from controller.replay.sequential import run_reward_fraction
+    from simulators import SimulatorError
+
+    try:
+        out = run_reward_fraction(Path(run.store), run.config)
+    except (SimulatorError, ValueError, TypeError, UserError) as exc:
+        notes.append(f"{run.key}: no reward fraction per step ({exc})")
+        return None
+    if out is not None and out["mismatched"]:
+        notes.append(f"{run.key}: {out['mismatched']} of {len(out['rewards'])} steps' recorded rewards are not what "
+                     "the simulator gives when the run is stepped again; the fraction uses the recorded rewards")
+    return out
 
 
 def write_results(plan: Plan, folder: Path | None = None) -> dict[str, Any]:
@@ -112,6 +148,11 @@ def _policy_results(runs, metrics, maximize, top_idx, truth, optimum, reference)
         hv = [M.hypervolume_curve(np.array([[m[k] for k in metrics] for m in t["metrics"]]), maximize, reference)
               for _, t in runs]
         _band(res, "hypervolume", M.Band.of(hv))
+    fractions = [t["reward"] for _, t in runs if t.get("reward") is not None]
+    if fractions and len(fractions) == len(runs):  # sequential simulators: fraction of the max achievable reward
+        _band(res, "reward_fraction", M.Band.of([f["fraction"] for f in fractions]))
+        res["reward_fraction_at_budget"] = res["reward_fraction_mean"][-1]
+        res["reward_fraction_mismatched"] = sum(f["mismatched"] for f in fractions)
     if top_idx is not None and all(None not in t["picks"] for _, t in runs):
         pool_size = len(truth[metrics[0]])
         band = M.Band.of([M.top_fraction(t["picks"], top_idx) for _, t in runs])
