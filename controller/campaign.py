@@ -398,6 +398,7 @@ class Campaign:
         front = [r for r in records if r.status == "completed"]
         front_note = self._front_note(front, None)
         ready: list[Proposal] = []  # computed ahead while every worker was busy; not yet journaled
+        proposer = self._start_proposer() if executor is not None and cfg.executor.workers > 1 else None
         old_handlers = self._install_signal_handlers()
         self.reporter.start(cfg.name, total, completed)
         for line in self.degradations():
@@ -408,7 +409,10 @@ class Campaign:
                 if self._abandon.is_set():
                     stopped = "interrupted"
                     break
+                policy = self.policy
                 self._apply_requests(ready)
+                if proposer is not None and self.policy is not policy:  # a switch: what the old policy computes is dropped
+                    proposer.discard()
                 total = self.config.budget.trials
                 max_failures = self._max_failures()
                 in_flight = len(executor.running()) + len(backlog) + len(ready)
@@ -423,7 +427,15 @@ class Campaign:
                         continue
                     self._take_operator_points(backlog, pending)
                     in_flight = len(executor.running()) + len(backlog) + len(ready)
-                if not self._stop.is_set() and not self._paused.is_set():  # paused: what runs finishes, nothing starts
+                if proposer is not None and (self._paused.is_set() or self._stop.is_set()):
+                    ready.clear()  # paused or stopping: proposals not yet journaled are dropped, not measured later
+                    proposer.discard()
+                if proposer is not None and not self._stop.is_set() and not self._paused.is_set():
+                    self._submit_backlog(executor, backlog)
+                    if self._proposals_in_background(proposer, executor, history, pending, ready, backlog, completed):
+                        stopped = "no candidates left"
+                        break
+                elif not self._stop.is_set() and not self._paused.is_set():  # paused: what runs finishes, nothing starts
                     self._submit_backlog(executor, backlog)
                     while ready and executor.free_slots():
                         self._submit(executor, self._new_trial(ready.pop(0), pending))
@@ -446,7 +458,8 @@ class Campaign:
                         for prop in self._propose(history, ahead, list(pending.values()) + ready):
                             prop.reason["computed_ahead"] = {"history": len(history), "pending": len(pending) + len(ready)}
                             ready.append(prop)
-                for result in executor.completed(timeout=0.25):
+                wait = 0.01 if proposer is not None and (proposer.busy or ready) and executor.free_slots() else 0.25
+                for result in executor.completed(timeout=wait):
                     outcome, rec = self._handle(result, history, pending)
                     if outcome == "retry":
                         backlog.append(Trial(result.trial.id, result.trial.attempt + 1, result.trial.params, result.trial.reason))
@@ -462,6 +475,8 @@ class Campaign:
                     self.reporter.update(completed, failed, best, self._progress_note(front_note), fallbacks=self.fallbacks.count)
             clean = True
         finally:
+            if proposer is not None:
+                proposer.close()
             if executor is not None:
                 self._wind_down(executor, history, pending, graceful=clean and not self._abandon.is_set())
             self._save_elapsed(t0)
@@ -478,6 +493,54 @@ class Campaign:
         if self._fatal is not None:
             raise self._fatal
         return self.summary(stopped or "budget reached", time.time() - t0)
+
+    def _start_proposer(self) -> _Proposer:
+        """The background proposer of this run; one left computing by an earlier run() finishes first, so that
+        two threads never call one policy at once."""
+        previous = getattr(self, "_proposer_thread", None)
+        if previous is not None:
+            previous.join()
+        proposer = _Proposer()
+        self._proposer_thread = proposer.thread
+        return proposer
+
+    def _proposals_in_background(self, proposer: _Proposer, executor, history: History, pending: dict[int, Proposal],
+                                 ready: list[Proposal], backlog: list[Trial], completed: int) -> bool:
+        """With several workers: take the proposer's answer, journal and submit ready proposals to free workers
+        (within the trial budget), and ask for more when the queue runs short. True when the policy has no
+        candidate left and nothing is in flight."""
+        answer = proposer.poll()
+        if answer is not None:
+            snap, n, snap_pending, props, error, seconds = answer
+            if error is not None and not isinstance(error, Exception):
+                raise error
+            if error is not None:
+                props = self._policy_failed(error, snap, n, snap_pending)
+            else:
+                self._notify("proposal", n=len(props), duration=seconds)
+            for prop in props:
+                prop.reason["computed_ahead"] = {"history": len(snap), "pending": len(snap_pending)}
+            ready.extend(props)
+            proposer.empty_at = len(snap) if not props and not self._stop.is_set() else None
+        if self._stop.is_set():  # a strict stop: nothing more is submitted
+            ready.clear()
+            return False
+        total = self.config.budget.trials
+        while ready and executor.free_slots() and (
+                total is None or len(executor.running()) + len(backlog) < total - completed):
+            self._submit(executor, self._new_trial(ready.pop(0), pending))
+        in_flight = len(executor.running()) + len(backlog) + len(ready)
+        if proposer.empty_at == len(history) and not proposer.busy:
+            return in_flight == 0  # the policy had nothing for this history: ask again only after a result
+        want = executor.free_slots() + self.config.executor.lookahead - len(ready)
+        if total is not None:
+            want = min(want, total - completed - in_flight)
+        # A proposal's cost is mostly per call (the model's fit): ask for a batch of at least half the workers,
+        # unless a worker would otherwise wait.
+        batch = min(max(1, self.config.executor.workers // 2), total - completed - in_flight if total is not None else 1 << 30)
+        if want > 0 and not proposer.busy and (want >= batch or (not ready and executor.free_slots())):
+            proposer.ask(self.policy, History(list(history.observations)), want, [*pending.values(), *ready])
+        return False
 
     def _wind_down(self, executor, history: History, pending: dict[int, Proposal], graceful: bool) -> None:
         """Stop the workers. Unless every trial has finished, abort the measurements still running (the
@@ -551,25 +614,29 @@ class Campaign:
 
     def _propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """The policy's proposals; if it raises, Sobol points marked as a fallback (or, strict, the error)."""
-        kind = self.config.policy.kind
         t0 = time.perf_counter()
         try:
             props = self.policy.propose(history, n, pending)
             self._notify("proposal", n=len(props), duration=time.perf_counter() - t0)
             return props
-        except PolicyFallbackError as exc:
-            return self._strict_stop(exc)
         except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
-            why = f"policy error: {type(exc).__name__}: {exc}"
-            if self.strict:
-                error = PolicyFallbackError(kind, why)
-                error.__cause__ = exc
-                return self._strict_stop(error)
-            log.exception("policy %s failed; using Sobol points for this step", kind)
-            props = SobolPolicy(self.problem).propose(history, n, pending)
-            for p in props:
-                p.reason["fallback"] = why
-            return props
+            return self._policy_failed(exc, history, n, pending)
+
+    def _policy_failed(self, exc: Exception, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
+        """A policy that raised: strict, no proposal and run() raises; else Sobol points marked as a fallback."""
+        kind = self.config.policy.kind
+        if isinstance(exc, PolicyFallbackError):
+            return self._strict_stop(exc)
+        why = f"policy error: {type(exc).__name__}: {exc}"
+        if self.strict:
+            error = PolicyFallbackError(kind, why)
+            error.__cause__ = exc
+            return self._strict_stop(error)
+        log.error("policy %s failed; using Sobol points for this step", kind, exc_info=exc)
+        props = SobolPolicy(self.problem).propose(history, n, pending)
+        for p in props:
+            p.reason["fallback"] = why
+        return props
 
     def _strict_stop(self, error: PolicyFallbackError) -> list[Proposal]:
         """Strict mode: no proposal; the trials in flight finish and are recorded, then run() raises `error`."""
@@ -817,6 +884,62 @@ class Campaign:
                 self._queue.close()
                 self._queue = None
         self.store.close()
+
+
+class _Proposer:
+    """One background thread that computes proposals from snapshots, so the loop keeps collecting and submitting.
+
+    The loop hands it (policy, history, n, pending) with `ask` and picks the answer up with `poll`; one request
+    at a time. It never touches the store: the loop journals what it takes. `discard` drops the answer to the
+    request in progress (a pause or a policy switch); `close` ends the thread promptly (an Event, a bounded join;
+    a proposal still running finishes in the daemon thread and its answer is dropped).
+    """
+
+    def __init__(self) -> None:
+        self._in: queue.Queue[tuple] = queue.Queue()
+        self._out: queue.Queue[tuple] = queue.Queue()
+        self._closed = threading.Event()
+        self.generation = 0
+        self.busy = False  # a request is out (set and cleared by the loop's thread only)
+        self.empty_at: int | None = None  # history length at which the policy last had no candidate
+        self.thread = threading.Thread(target=self._work, name="aec-proposer", daemon=True)
+        self.thread.start()
+
+    def ask(self, policy: Any, history: History, n: int, pending: list[Proposal]) -> None:
+        self.busy = True
+        self._in.put((self.generation, policy, history, n, pending))
+
+    def discard(self) -> None:
+        self.generation += 1
+
+    def poll(self) -> tuple | None:
+        """(history, n, pending, proposals or None, error or None, seconds) of the current request, once answered."""
+        while True:
+            try:
+                gen, *answer = self._out.get_nowait()
+            except queue.Empty:
+                return None
+            self.busy = False
+            if gen == self.generation:
+                return tuple(answer)
+
+    def close(self, join: float = 1.0) -> None:
+        self._closed.set()
+        self.thread.join(join)
+
+    def _work(self) -> None:
+        while not self._closed.is_set():
+            try:
+                gen, policy, history, n, pending = self._in.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            t0 = time.perf_counter()
+            try:
+                props, error = policy.propose(history, n, pending), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides (fallback, strict stop)
+                props, error = None, exc
+            if not self._closed.is_set():
+                self._out.put((gen, history, n, pending, props, error, time.perf_counter() - t0))
 
 
 def _is_empty_sqlite(path: Path) -> bool:

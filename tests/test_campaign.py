@@ -200,3 +200,108 @@ def test_warm_up_never_writes_past_budget_bytes():
     decisions = [sel.decide(i, np.full(8, float(i), dtype=np.float32), {}) for i in range(10)]
     assert sum(d.keep for d in decisions) == 5
     assert all(d.reason.startswith("budget exhausted") for d in decisions[5:])
+
+
+# -- several workers: proposals computed on a background thread, off the loop's critical path ------------------
+
+
+class _SlowSecondProposal:
+    """Wraps a policy: its second call sleeps `seconds` (a slow GP fit), recording when it ran."""
+
+    def __init__(self, inner, seconds: float, fail: Exception | None = None):
+        import threading
+
+        self.inner, self.seconds, self.fail, self.calls, self.slow = inner, seconds, fail, 0, None
+        self.threads: set[str] = set()
+        self._threading = threading
+
+    def propose(self, history, n, pending):
+        import time
+
+        self.calls += 1
+        self.threads.add(self._threading.current_thread().name)
+        if self.calls == 2:
+            t0 = time.monotonic()
+            time.sleep(self.seconds)
+            self.slow = (t0, time.monotonic())
+            if self.fail is not None:
+                raise self.fail
+        return self.inner.propose(history, n, pending)
+
+
+def _observed(c: Campaign) -> list[tuple[str, float, dict]]:
+    import time
+
+    events: list[tuple[str, float, dict]] = []
+    c.observer = lambda event, fields: events.append((event, time.monotonic(), dict(fields)))
+    return events
+
+
+def test_with_several_workers_results_are_collected_and_workers_refilled_while_a_proposal_runs(write_campaign, monkeypatch):
+    monkeypatch.setenv("AEC_TEST_SLEEP", "0.2")
+    path = write_campaign("bg", target="fns:slow", trials=24, executor={"workers": 4, "lookahead": 8})
+    c = Campaign(load_config(path), reporter=SilentReporter())
+    c.policy = slow = _SlowSecondProposal(c.policy, seconds=3.0)
+    events = _observed(c)
+    summary = c.run()
+    recs = c.store.trials()
+    c.close()
+    assert summary.completed == 24 and len(recs) == 24  # the budget, never more
+    assert slow.threads == {"aec-proposer"}  # never on the loop's thread
+    t0, t1 = slow.slow
+    during = [(e, f) for e, t, f in events if t0 < t < t1]
+    # The first call asked for 4 + 8 proposals; while the second (slow) one ran, the loop went on collecting
+    # results and submitting the proposals queued ahead: with the policy on the loop's thread nothing
+    # completes or starts until the proposal returns.
+    assert sum(e == "completed" for e, _ in during) >= 2, during
+    assert sum(e == "started" for e, _ in during) >= 1, during
+    # every trial was journaled 'proposed' before its attempt started (the journal's order)
+    c2 = Store(path.parent / "bg.db")
+    try:
+        order = {}
+        for seq, tid, kind, *_ in c2.events():
+            order.setdefault((tid, kind), seq)
+        assert all(order[(r.id, "proposed")] < order[(r.id, "started")] for r in recs)
+    finally:
+        c2.close()
+
+
+def test_with_several_workers_a_strict_policy_error_in_the_proposer_thread_stops_as_before(write_campaign, monkeypatch):
+    from policies import PolicyFallbackError
+
+    monkeypatch.setenv("AEC_TEST_SLEEP", "0.2")
+    path = write_campaign("bgstrict", target="fns:slow", trials=24, executor={"workers": 4, "lookahead": 2})
+    c = Campaign(load_config(path), reporter=SilentReporter())
+    c.policy = _SlowSecondProposal(c.policy, seconds=0.5, fail=PolicyFallbackError("sobol", "no model"))
+    with pytest.raises(PolicyFallbackError, match="no model"):
+        c.run()
+    recs = c.store.trials()
+    c.close()
+    # what was journaled finished and was recorded; nothing was left running or half-journaled
+    assert recs and all(r.status == "completed" for r in recs), [r.status for r in recs]
+    assert len(recs) <= 6
+
+
+def test_with_several_workers_pause_discards_proposals_not_yet_journaled(write_campaign, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("AEC_TEST_SLEEP", "0.1")
+    path = write_campaign("bgpause", target="fns:slow", trials=40, executor={"workers": 2, "lookahead": 4})
+    c = Campaign(load_config(path), reporter=SilentReporter())
+    events = _observed(c)
+    started = threading.Event()
+
+    def observer(event, fields, _inner=c.observer):
+        _inner(event, fields)
+        if event == "completed" and fields["trial"] == 3:
+            c.pause()
+            started.set()
+            threading.Timer(1.0, c.request_stop).start()
+
+    c.observer = observer
+    c.run()
+    recs = c.store.trials()
+    c.close()
+    assert started.is_set()
+    # paused after trial 3: the trials in flight finish; no proposal queued before the pause is journaled later
+    assert len(recs) <= 5 and all(r.status == "completed" for r in recs), [(r.id, r.status) for r in recs]
