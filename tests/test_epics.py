@@ -157,6 +157,26 @@ def _instrument(**changes) -> EpicsInstrument:
     return EpicsInstrument(**spec)
 
 
+def _interrupted(inst: EpicsInstrument, params: dict, interrupt, join: float) -> dict:
+    """Measure `params` in a worker thread, call `interrupt()` 0.5 s in; {'error', 'took'} of the measurement."""
+    outcome: dict = {}
+
+    def measure():
+        t0 = time.monotonic()
+        try:
+            inst.measure(params)
+        except InstrumentError as exc:
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - t0
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    time.sleep(0.5)
+    interrupt()
+    worker.join(join)
+    return outcome
+
+
 def test_the_example_campaign_sets_reads_back_and_stores_the_waveform_through_channel_access(ioc, tmp_path, capsys):
     store_path = str(tmp_path / "ca.db")
     assert main(["run", str(EXAMPLE), "--trials", "4", "--store", store_path, "--quiet"]) == 0
@@ -200,21 +220,7 @@ def test_abort_puts_stop_and_ends_the_measurement_mid_move(client):
     try:
         inst.measure({"x": 0.0, "y": 0.0})
         client("VELO").write([1.0], wait=True, timeout=3)  # 30 pixels now take 30 s
-        outcome: dict = {}
-
-        def measure():
-            t0 = time.monotonic()
-            try:
-                inst.measure({"x": 30.0, "y": 0.0})
-            except InstrumentError as exc:
-                outcome["error"] = exc
-            outcome["took"] = time.monotonic() - t0
-
-        worker = threading.Thread(target=measure)
-        worker.start()
-        time.sleep(0.5)
-        inst.abort()
-        worker.join(30)
+        outcome = _interrupted(inst, {"x": 30.0, "y": 0.0}, inst.abort, 30)
         rbv, dmov = (client(n).read(timeout=3).data[0] for n in ("X_RBV", "X_DMOV"))
     finally:
         client("VELO").write([400.0], wait=True, timeout=3)
@@ -310,21 +316,7 @@ def test_a_move_past_move_timeout_stops_the_axes_before_it_fails(server, request
 
 def test_an_abort_ends_the_wait_for_a_pv_that_never_connects(ioc):
     inst = _instrument(timeout=60.0, metrics={"peak_ratio": "PEAK_RATIO", "gain": "NO_SUCH_PV"})
-    outcome: dict = {}
-
-    def measure():
-        t0 = time.monotonic()
-        try:
-            inst.measure({"x": 1.0, "y": 1.0})
-        except InstrumentError as exc:
-            outcome["error"] = exc
-        outcome["took"] = time.monotonic() - t0
-
-    worker = threading.Thread(target=measure)
-    worker.start()
-    time.sleep(0.5)
-    inst.abort()
-    worker.join(60)
+    outcome = _interrupted(inst, {"x": 1.0, "y": 1.0}, inst.abort, 60)
     inst.close()
     assert isinstance(outcome["error"], InstrumentTimeout) and outcome["took"] < 30.0  # not the 60 s timeout
 
@@ -336,18 +328,7 @@ def test_close_aborts_the_measurement_stops_the_stage_ends_every_client_thread_a
     try:
         inst.measure({"x": 0.0, "y": 0.0})
         client("VELO").write([1.0], wait=True, timeout=3)  # 30 pixels now take 30 s
-
-        def measure():
-            try:
-                inst.measure({"x": 30.0, "y": 0.0})
-            except InstrumentError as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=measure)
-        worker.start()
-        time.sleep(0.5)
-        inst.close()
-        worker.join(30)
+        outcome = _interrupted(inst, {"x": 30.0, "y": 0.0}, inst.close, 30)
         inst.close()
         dmov = client("X_DMOV").read(timeout=3).data[0]
     finally:
