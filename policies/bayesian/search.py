@@ -233,10 +233,11 @@ def _optimise_once_quietly(acqf, ctx: SearchContext, q: int, seed: int) -> tuple
     # few ordinal levels: optimise the continuous dimensions with each assignment fixed (as BoTorch's
     # optimize_acqf_mixed), so a level the relaxation's optimum rounds away from is still searched
     restarts = max(2, -(-s.num_restarts // len(combos)))
+    probe = sobol_candidates(space, 64, seed) if ineq else None  # one feasibility probe for every assignment
     parts = [
         _optimise_continuous(acqf, ctx, bounds, ineq, {**fixed, **combo}, q, seed + 104729 * j, restarts)
         for j, combo in enumerate(combos)
-        if not ineq or len(_with_fixed(sobol_candidates(space, 64, seed), combo, space))
+        if probe is None or len(_with_fixed(probe, combo, space))
     ]
     if not parts:  # no assignment has a feasible Sobol point: let the relaxation search the polytope
         return _optimise_continuous(acqf, ctx, bounds, ineq, fixed, q, seed, s.num_restarts)
