@@ -676,7 +676,7 @@ def read_campaign_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
+def validate_config(data: dict[str, Any], base_dir: Path | str | None = None, source: str = "campaign") -> CampaignConfig:
     """Validate a campaign dict's shape, including the policy's and selector's own options.
 
     `controller.preflight.parse_config` adds the checks against the world (modules, files, simulators).
@@ -686,7 +686,7 @@ def validate_config(data: dict[str, Any], base_dir: Path | None = None, source: 
     except ValidationError as exc:
         problems = validation_problems(exc)
         raise UserError(f"{source}: {len(problems)} problem(s)", [f"{source}: {p}" for p in problems]) from None
-    cfg._base_dir = (base_dir or Path.cwd()).resolve()
+    cfg._base_dir = Path(base_dir or Path.cwd()).resolve()
     problems = _section_problems(cfg)
     if problems:
         raise UserError(f"{source}: {len(problems)} problem(s)", [f"{source}: {p}" for p in problems])

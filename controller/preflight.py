@@ -258,7 +258,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ca
     return parse_config(data, base_dir=path.parent, source=str(path))
 
 
-def parse_config(data: dict[str, Any], base_dir: Path | None = None, source: str = "campaign") -> CampaignConfig:
+def parse_config(data: dict[str, Any], base_dir: Path | str | None = None, source: str = "campaign") -> CampaignConfig:
     """Validate a campaign dict (the Python API, a resumed store's config) as `load_config` validates a file.
 
     The shape (`validate_config`), then `environment_problems`: a dict is refused for the same

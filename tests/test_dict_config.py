@@ -49,6 +49,11 @@ def test_a_dict_that_load_config_would_accept_is_accepted(workdir):
     assert cfg.instrument.target == "fns:branin" and cfg.base_dir == workdir.resolve()
 
 
+def test_base_dir_may_be_a_string_as_python_users_pass_it(workdir):
+    cfg = controller.parse_config(campaign_dict(), base_dir=str(workdir))
+    assert cfg.base_dir == workdir.resolve()
+
+
 def test_resume_refuses_a_store_whose_instrument_module_is_gone_and_writes_nothing(workdir):
     data = campaign_dict(trials=3, store=str(workdir / "gone.db"))
     campaign = Campaign(controller.parse_config(data, base_dir=workdir), reporter=SilentReporter())
