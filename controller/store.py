@@ -74,6 +74,39 @@ _UNIQUE_EVENTS = (
 )
 
 
+class WriterLock:
+    """A store's single-writer lock (`STORE.lock`, flock'd; the OS drops it when the holder dies, SIGKILL included),
+    with who holds it written inside. `Store` takes it to write; a replay's driver holds it while a run is away."""
+
+    def __init__(self, store: Path):
+        self.path = Path(store).with_name(Path(store).name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """None when taken; else who holds it (pid, host, since when), in words. OSError when it cannot be made."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            deadline = time.monotonic() + 1.0  # the holder writes who it is just after taking the lock
+            holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            while len(holder) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = os.pread(fd, 512, 0).decode(errors="replace").split()
+            os.close(fd)
+            return (f"pid {holder[0]} on {holder[1]} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder[2])))}"
+                    if len(holder) >= 3 and _is_number(holder[2]) else "another process")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.3f}\n".encode(), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class StoreBusy(UserError):
     """Another process is the store's writer (run, resume or daemon)."""
 
@@ -177,7 +210,7 @@ class Store:
         """Open a store; with `create`, make its schema and write `meta` in one transaction."""
         self.path = Path(path)
         self.writer = writer or create
-        self._lock_fd: int | None = None
+        self._writer_lock: WriterLock | None = None
         if not create and not self.path.exists():
             raise UserError(f"{self.path}: no such store")
         if create:
@@ -222,34 +255,23 @@ class Store:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+        return WriterLock(self.path).path
 
     def _lock(self) -> None:
         """Take the writer's lock or raise StoreBusy naming the holder (pid, host, since when)."""
+        lock = WriterLock(self.path)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            holder = lock.acquire()
         except OSError as exc:
             raise UserError(f"{self.path}: cannot write beside the store ({exc.strerror}: {self.lock_path})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            deadline = time.monotonic() + 1.0  # the holder writes who it is just after taking the lock
-            holder = os.pread(fd, 512, 0).decode(errors="replace").split()
-            while len(holder) < 3 and time.monotonic() < deadline:
-                time.sleep(0.02)
-                holder = os.pread(fd, 512, 0).decode(errors="replace").split()
-            os.close(fd)
-            who = (f"pid {holder[0]} on {holder[1]} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder[2])))}"
-                   if len(holder) >= 3 and _is_number(holder[2]) else "another process")
-            raise StoreBusy(f"{self.path} is in use by {who}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.3f}\n".encode(), 0)
-        self._lock_fd = fd
+        if holder is not None:
+            raise StoreBusy(f"{self.path} is in use by {holder}")
+        self._writer_lock = lock
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
     def _connect(self) -> sqlite3.Connection:
         """A writer's WAL connection, or a read-only one (immutable where even the WAL index cannot be made)."""

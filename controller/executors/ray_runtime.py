@@ -22,16 +22,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def connect(address: str | None) -> bool:
-    """Make sure Ray is initialised; True when this call started it (so shutdown is ours to do)."""
+def connect(address: str | None, field: str = "executor.address", start: str = "executor") -> bool:
+    """Make sure Ray is initialised; True when this call started it (so shutdown is ours to do).
+    `field` and `start` name the setting in error messages (an address that fails; a local Ray that does not start)."""
     import ray
 
     if ray.is_initialized():
         if address:
-            log.warning("Ray is already initialised in this process; executor.address %s is not used", address)
+            log.warning("Ray is already initialised in this process; %s %s is not used", field, address)
         return False
     if address not in (None, "auto"):
-        _reachable(address)
+        _reachable(address, field)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         kwargs["address"] = address
@@ -39,16 +40,16 @@ def connect(address: str | None) -> bool:
         ray.init(**kwargs)
     except ConnectionError as exc:
         if address == "auto":
-            raise ExecutorError("executor.address: auto: no running Ray cluster found from this machine; start one "
+            raise ExecutorError(f"{field}: auto: no running Ray cluster found from this machine; start one "
                                 "with `ray start --head`, or leave address out for a local Ray") from None
-        raise ExecutorError(f"executor.address: {address}: Ray did not connect: {first_line(exc)}") from None
+        raise ExecutorError(f"{field}: {address}: Ray did not connect: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises many types for "could not start"; all end the run here
-        where = f"executor.address: {address}: Ray did not connect" if address else "executor: Ray could not start"
+        where = f"{field}: {address}: Ray did not connect" if address else f"{start}: Ray could not start"
         raise ExecutorError(f"{where}: {type(exc).__name__}: {first_line(exc)}") from None
     return True
 
 
-def _reachable(address: str) -> None:
+def _reachable(address: str, field: str) -> None:
     """A quick TCP connect to HOST:PORT (or ray://HOST:PORT): fail in seconds where Ray would retry for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
@@ -58,7 +59,7 @@ def _reachable(address: str) -> None:
         why = exc.strerror or type(exc).__name__
         if isinstance(exc, socket.timeout):
             why = f"no answer within {CONNECT_TIMEOUT:g} s"
-        raise ExecutorError(f"executor.address: {address}: cannot reach Ray there ({why}); is `ray start --head` "
+        raise ExecutorError(f"{field}: {address}: cannot reach Ray there ({why}); is `ray start --head` "
                             "running on that host, and is the port open from here?") from None
 
 

@@ -26,7 +26,7 @@ def replay(spec: "ReplaySpec", out: str | Path, *, base_dir: str | Path = ".", w
     check_reuse(plan)  # a folder made by a different replay is refused before anything in it is written
     (out / "data").mkdir(parents=True, exist_ok=True)
     plan.write()
-    outcome = execute(plan, workers or spec.workers, progress)
+    outcome = execute(plan, workers or spec.workers, progress, ray=spec.ray)
     return outcome, write_results(plan)
 
 

@@ -41,6 +41,9 @@ def add_parser(sub: Any, add_common: Any) -> None:
     p.add_argument("--keep-fractions", help="with --store: comma-separated novelty budgets to replay the selection with")
     p.add_argument("--levels", default="0.05", help="with --keep-fractions: comma-separated p-value levels")
     p.add_argument("--workers", type=int, help="runs in parallel, one process each (default 1)")
+    p.add_argument("--ray", action="store_true", help="run the runs as tasks on a local Ray started for the replay")
+    p.add_argument("--ray-address", metavar="ADDR", help="run the runs as tasks on a running Ray cluster: 'auto', "
+                   "'HOST:PORT' or 'ray://HOST:PORT'")
     p.add_argument("--out", required=True, help="replay folder (created; resumed when it exists)")
     add_common(p)
     p.set_defaults(run_command=cmd_replay)
@@ -93,6 +96,9 @@ def spec_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path, str]
     for key in ("seeds", "budget", "initial", "top", "workers"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.ray or args.ray_address:
+        ray = data.get("ray") if isinstance(data.get("ray"), dict) else {}
+        data["ray"] = {**ray, **({"address": args.ray_address} if args.ray_address else {})}
     return data, base, source
 
 
@@ -112,6 +118,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if "policies" not in data:
         raise UserError(f"{source}: policies: give --policies (e.g. random,sobol,botorch,ax) or --policy-file")
     spec = parse_spec(data, source)
+    if spec.ray is not None and (args.ray_address or (args.ray and spec.ray.address is None)):
+        spec.ray.name_settings("--ray-address", "--ray")
     from controller.replay import replay
 
     progress = _progress(args)

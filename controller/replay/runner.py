@@ -1,4 +1,5 @@
-"""Run a replay plan: each run a campaign in its own store, in parallel processes, with one progress bar.
+"""Run a replay plan: each run a campaign in its own store, in parallel processes or Ray tasks, with one
+progress bar.
 
 A run whose store says it finished is skipped, one that was interrupted is resumed (`Campaign.resume`),
 so `aec replay ... --out DIR` again, after a crash or a SIGKILL, redoes no finished run.
@@ -14,10 +15,13 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.replay.plan import Plan, Run
 from controller.replay.progress import SilentProgress
+
+if TYPE_CHECKING:
+    from controller.replay.spec import RaySpec
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +153,10 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def execute(plan: Plan, workers: int = 1, progress: Progress | None = None) -> ReplayOutcome:
-    """Run every unfinished run of `plan`; returns what happened to each."""
+def execute(plan: Plan, workers: int = 1, progress: Progress | None = None,
+            ray: "RaySpec | None" = None) -> ReplayOutcome:
+    """Run every unfinished run of `plan` (as Ray tasks with `ray`, else in `workers` processes); returns what
+    happened to each."""
     progress = progress or SilentProgress()
     outcome = ReplayOutcome()
     todo: list[Run] = []
@@ -163,26 +169,37 @@ def execute(plan: Plan, workers: int = 1, progress: Progress | None = None) -> R
             outcome.runs.append(RunOutcome(run.key, "skipped", done))
         else:
             todo.append(run)
+    on_ray = None
+    if ray is not None and todo:
+        from controller.replay.ray_runs import RayRuns
+
+        on_ray = RayRuns(ray)  # a Ray that cannot start or an address that does not answer: before the bar starts
     progress.start(sum(budgets.values()), sum(done_so_far.values()))
     if outcome.runs:
         progress.message(f"{len(outcome.runs)} run(s) already finished: skipped")
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if on_ray is not None:
+            if workers > 1:
+                progress.message(f"workers {workers}: not used with Ray (cpus_per_run sets how many runs share a node)")
+            outcome.runs += on_ray.run(todo, progress)
+        elif workers <= 1 or len(todo) <= 1:
             for run in todo:
                 outcome.runs.append(_in_process(run, progress))
         else:
             outcome.runs += _in_pool(todo, workers, progress)
     finally:
         progress.finish()
+        if on_ray is not None:
+            on_ray.close()
     return outcome
 
 
 def _in_process(run: Run, progress: Progress) -> RunOutcome:
     """One run in this process; a Ctrl-C that stopped its campaign stops the replay (the run resumes next time)."""
-    result = run_one(run.__dict__, _CallbackReporter(lambda n: progress.advance(run.key, n)))
+    result = run_one(run.__dict__, CallbackReporter(lambda n: progress.advance(run.key, n)))
     if result["status"] == "interrupted":
         raise KeyboardInterrupt
-    return _outcome(run.key, result, progress)
+    return outcome_of(run.key, result, progress)
 
 
 def _in_pool(todo: list[Run], workers: int, progress: Progress) -> list[RunOutcome]:
@@ -202,7 +219,7 @@ def _in_pool(todo: list[Run], workers: int, progress: Progress) -> list[RunOutco
                     result = f.result()
                 except Exception as exc:  # noqa: BLE001 - a crashed worker fails its run, not the replay
                     result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                out.append(_outcome(futures[f], result, progress))
+                out.append(outcome_of(futures[f], result, progress))
         _drain(updates, progress)
     return out
 
@@ -216,7 +233,7 @@ def _drain(updates: Any, progress: Progress) -> None:
         progress.advance(key, n)
 
 
-def _outcome(key: str, result: dict[str, Any], progress: Progress) -> RunOutcome:
+def outcome_of(key: str, result: dict[str, Any], progress: Progress) -> RunOutcome:
     out = RunOutcome(key, result["status"], result.get("completed", 0), result.get("stopped", ""), result.get("error"),
                      result.get("warnings", 0))
     if out.status == "failed":
@@ -246,7 +263,7 @@ def _worker_init(updates: Any) -> None:
     torch.set_num_threads(1)
 
 
-class _CallbackReporter:
+class CallbackReporter:
     """A campaign Reporter that passes the run's measurement count on."""
 
     def __init__(self, callback):
@@ -269,7 +286,7 @@ def run_one(run: dict[str, Any], reporter: Any = None) -> dict[str, Any]:
     Library warnings are counted (returned as `warnings`), not printed from the workers."""
     if reporter is None:
         updates = _UPDATES
-        reporter = _CallbackReporter((lambda n: updates.put((run["key"], n))) if updates is not None else (lambda n: None))
+        reporter = CallbackReporter((lambda n: updates.put((run["key"], n))) if updates is not None else (lambda n: None))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         result = _run_campaign(run, reporter)
@@ -286,7 +303,7 @@ def _run_campaign(run: dict[str, Any], reporter: Any) -> dict[str, Any]:
     t0 = time.time()
     try:
         config = parse_config(run["config"], Path(run["base_dir"]), source=run["key"])
-        if _has_trials(store):
+        if has_trials(store):
             campaign = Campaign.resume(store, reporter=reporter)
             _same_run(campaign, config, store, run.get("fingerprint"))
         else:
@@ -309,7 +326,7 @@ def _run_campaign(run: dict[str, Any], reporter: Any) -> dict[str, Any]:
     return {"status": "finished", "completed": summary.completed, "stopped": summary.stopped}
 
 
-def _has_trials(store: Path) -> bool:
+def has_trials(store: Path) -> bool:
     from controller.errors import UserError
     from controller.store import Store
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from controller.config import NAME, Int, MetricName, Strict, read_campaign_file, validation_problems
+from controller.config import (NAME, ExecutorConfig, Finite, Int, MetricName, Strict, read_campaign_file,
+                               validation_problems)
 from controller.errors import UserError
 
 
@@ -77,6 +78,50 @@ class PolicySpec(BaseModel):
         return self.name or self.kind
 
 
+class RaySpec(Strict):
+    """Runs as Ray tasks: on a local Ray started for the replay (no address) or on a running cluster."""
+
+    address: str | None = Field(None, description="none starts a local Ray; 'auto', 'HOST:PORT' or 'ray://HOST:PORT' "
+                                "attaches to a running cluster")
+    cpus_per_run: Finite = Field(1.0, gt=0, description="CPUs each run's task asks Ray for (a fraction packs more runs "
+                                 "per core)")
+    _labels: tuple[str, str] = PrivateAttr(("ray.address", "ray"))  # how errors name the address and a local start
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return _as_executor("address", value)
+
+    @field_validator("cpus_per_run")
+    @classmethod
+    def _cpus(cls, value: float) -> float:
+        return _as_executor("cpus_per_worker", value)
+
+    def name_settings(self, address: str, start: str) -> None:
+        """What error messages call the address and the local start (a file's fields, or the flags)."""
+        self._labels = (address, start)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return self._labels
+
+
+def _as_executor(field: str, value: Any) -> Any:
+    """Checked by the campaign file's own rule for a Ray executor's `field` (one rule for both files)."""
+    try:
+        ExecutorConfig.model_validate({"kind": "ray", field: value})
+    except ValidationError as exc:
+        raise ValueError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+    return value
+
+
+def _ray_item(value: Any) -> Any:
+    """`ray: true` is a local Ray with the defaults, `ray: false` none."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
 def _policy_item(value: Any) -> Any:
     return {"kind": value} if isinstance(value, str) else value
 
@@ -92,11 +137,17 @@ class ReplaySpec(Strict):
     top: float = Field(0.05, gt=0, le=1, description="the top fraction whose discovery Top% counts")
     selection: dict[str, Any] | None = Field(None, description="replace the campaigns' selection section")
     workers: Int = Field(1, ge=1, description="runs in parallel (processes)")
+    ray: RaySpec | None = Field(None, description="run the runs as Ray tasks instead of processes")
 
     @field_validator("policies", mode="before")
     @classmethod
     def _policy_strings(cls, value: Any) -> Any:
         return [_policy_item(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray_bool(cls, value: Any) -> Any:
+        return _ray_item(value)
 
     @model_validator(mode="after")
     def _checks(self) -> "ReplaySpec":
@@ -132,6 +183,9 @@ def parse_spec(data: dict[str, Any], source: str) -> ReplaySpec:
             problems += [f"{source}: policies[{i}].{field}: {msg}" for field, msg in exc.errors]
     if problems:
         raise UserError(problems[0], problems)
+    if spec.ray is not None:
+        spec.ray.name_settings(*(("--ray-address", "--ray") if source == FLAGS else
+                                 (f"{source}: ray.address", f"{source}: ray")))
     return spec
 
 
@@ -144,6 +198,8 @@ def _flag(problem: str) -> str:
     field, _, message = problem.partition(": ")
     if field == "(top level)":
         return f"{FLAGS}: {message}"
+    if field.startswith("ray.address"):
+        return f"--ray-address: {message}"
     head = field.split(".")[0].split("[")[0]
     return f"--{head.replace('_', '-')}: {message}" if head in ("seeds", "budget", "initial", "top", "workers") \
         else f"{FLAGS}: {problem}"
