@@ -1,9 +1,12 @@
 """The RL telescope scheduler against its baselines on held-out simulated nights.
 
 Per policy (rl: the trained Q-network; greedy: highest expected immediate reward; feature: the Rubin-like
-weighted sum; random): fraction of the maximum achievable reward per step (the reward summed over every
-step divided by the best allowed target's reward summed over the same states, Terranova et al. 2023),
-total reward per night, transients caught with at least 3 epochs, slew-time fraction and decision latency
+weighted sum; random): fraction of the maximum achievable reward per step, twice (policies/rl/evaluate.py):
+oracle (the reward summed over every step divided by the best allowed target's full reward, undetected
+transients included, summed over the same states, Terranova et al. 2023) and fair (what a scheduler can
+know before looking, per exposure-length of telescope time, slews included); total reward per night and
+where it came from (first detections of transients, new epochs of detected ones, depth), fields visited
+and revisits per night, transients caught with at least 3 epochs, slew-time fraction and decision latency
 (batched over the nights, per night-decision). The nights are those of the checkpoint's simulator options
 with weather and transients drawn from `--seed`, which no training run uses for its held-out nights unless
 told to. `--bayesian-trials K` also runs the cost-aware BoTorch policy (a campaign) for the first K
@@ -157,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     else:
         for name, s in result["policies"].items():
-            print(f"{name:8s} {100 * s['fraction_of_max_reward']:5.1f}% of max/step  reward/night "
+            src = s["reward_by_source"]
+            print(f"{name:8s} {100 * s['fraction_of_max_reward']:5.1f}% of max/step (oracle), "
+                  f"{100 * s['fraction_of_max_reward_fair']:5.1f}% (fair)  reward/night "
                   f"{s['total_reward_mean']:8.1f} +- {s['total_reward_std']:6.1f}  3-epoch transients "
                   f"{s['transients_3_epochs_mean']:6.1f}  slew {100 * s['slew_fraction']:4.1f}%  "
                   f"{s['decision_latency_ms']:.3f} ms/decision")
+            print(f"{'':8s} reward by source: new transients {src['transient_new']:.1f}, new epochs "
+                  f"{src['transient_repeat']:.1f}, depth {src['depth']:.1f}; fields visited "
+                  f"{s['fields_visited_mean']:.1f}, revisits {s['revisits_mean']:.1f} per night")
         for name, d in result["paired"]["differences"].items():
             spread = "n/a" if d["se"] is None else f"{2 * d['se']:.1f}"
             print(f"rl - {name:8s} per night: {d['mean']:+8.1f} +- {spread} (2 SE; {100 * d['relative']:+.1f}%), "

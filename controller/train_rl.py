@@ -84,7 +84,8 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def _score_line(score: Any) -> str:
     return (f"held-out nights: reward/night {score.total_reward_mean:.1f} +- {score.total_reward_std:.1f}, "
-            f"{100 * score.fraction_of_max_reward:.1f}% of the max reward per step, slew {100 * score.slew_fraction:.1f}%")
+            f"{100 * score.fraction_of_max_reward:.1f}% of the max reward per step (oracle), "
+            f"{100 * score.fraction_of_max_reward_fair:.1f}% (fair), slew {100 * score.slew_fraction:.1f}%")
 
 
 def run(args: argparse.Namespace) -> int:

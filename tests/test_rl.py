@@ -10,11 +10,11 @@ import torch
 from policies.rl import checkpoint as ckpt
 from policies.rl.agent import DQNAgent, OnlineTrainer, TrainOptions, network_from
 from policies.rl.env import ENCODED, ENCODING, PRIOR, TelescopeEnv
-from policies.rl.evaluate import run_nights
+from policies.rl.evaluate import best_value, fair_values, known_reward, run_nights
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer
 from simulators import SimulatorError
 from simulators.telescope import TelescopeSimulator
-from simulators.telescope.batch import NightBatch
+from simulators.telescope.batch import REWARD_SOURCES, NightBatch
 
 # ~90 fields over the sky the site reaches in the evening, 5-minute exposures: ~100 decisions a night
 TINY = {"catalogue": {"spacing": 12.0, "ra_min": 40.0, "ra_max": 220.0, "dec_min": -80.0, "dec_max": 10.0},
@@ -186,3 +186,42 @@ def test_greedy_scores_only_observable_fields_and_prefers_unvisited_deep_ones():
     again = greedy_scorer(env.sim)(env.observe())
     assert float(again[0, best]) < 0.05 * float(scores[0, best])
     assert not math.isnan(float(again[0].max()))
+
+
+def test_fair_max_reward_per_step_counts_only_known_reward_and_charges_the_overhead():
+    # target 0: 60 s away, depth 1.5 plus a new epoch (0.5) of a transient seen before; target 1: deeper (3.0)
+    # but 120 s away; target 2: no overhead, depth 1.0, and a transient nobody has detected yet (4.0)
+    t = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    parts = {"transient_new": t([[0.0, 0.0, 4.0]]), "transient_repeat": t([[0.5, 0.0, 0.0]]),
+             "depth": t([[1.5, 3.0, 1.0]])}
+    overhead, exposure, allowed = t([[60.0, 120.0, 0.0]]), 120.0, torch.ones(1, 3, dtype=torch.bool)
+    values = fair_values(known_reward(parts), overhead, exposure, allowed)
+    assert values[0].tolist() == pytest.approx([2.0 * 120 / 180, 3.0 * 120 / 240, 1.0])
+    assert float(best_value(values)[0]) == pytest.approx(1.5)
+    oracle = sum(parts.values())
+    assert float(best_value(oracle)[0]) == pytest.approx(5.0)
+    # choosing target 0: 40% of the oracle's best, 89% of the best a scheduler could know of
+    assert float(oracle[0, 0] / best_value(oracle)[0]) == pytest.approx(0.4)
+    assert float(values[0, 0] / best_value(values)[0]) == pytest.approx((4.0 / 3.0) / 1.5)
+    masked = fair_values(known_reward(parts), overhead, exposure, t([[1, 0, 1]]).bool())
+    assert float(best_value(masked)[0]) == pytest.approx(4.0 / 3.0) and masked[0, 1] == -math.inf
+    closed = fair_values(torch.zeros(1, 3, dtype=torch.float64), overhead, exposure, allowed)
+    assert float(best_value(closed)[0]) == 0.0
+
+
+def test_night_scores_split_the_reward_by_source_and_the_fair_fraction_is_one_for_its_own_argmax():
+    env = TelescopeEnv.build({**TINY, "dtype": "float64"}, nights=2, seed=11)
+    score = run_nights(env, feature_scorer(env.sim))
+    assert sum(score.reward_by_source.values()) == pytest.approx(score.total_reward_mean, rel=1e-9)
+    assert set(score.reward_by_source) == set(REWARD_SOURCES)
+    assert score.reward_by_source["transient_new"] > 0 and score.reward_by_source["depth"] > 0
+    assert 0.0 < score.fraction_of_max_reward_fair <= 1.0 and 0.0 < score.fraction_of_max_reward <= 1.0
+    visits = env.batch.n_visits.sum(-1).mean()
+    assert score.fields_visited_mean + score.revisits_mean == pytest.approx(float(visits))
+
+    def fair_argmax(obs):
+        overhead = (obs.plan.start - env.batch.now.view(-1, 1)) * 86400.0
+        return fair_values(known_reward(env.batch.preview_parts(obs.plan)), overhead, env.sim.exposure, obs.mask)
+    env.reseed(11)
+    best = run_nights(env, fair_argmax)
+    assert best.fraction_of_max_reward_fair == pytest.approx(1.0, abs=1e-9)

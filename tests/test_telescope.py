@@ -316,6 +316,40 @@ def test_light_curves_rise_to_the_peak_magnitude_then_decline_slower():
     assert float(m[4] - m[2]) < float(m[0] - m[2])
 
 
+def test_transients_shine_only_after_their_explosion_a_realistic_rise_time_before_peak():
+    sim = small(n_transients=3000, seed=6)
+    tr = sim.transients
+    lead = tr.peak_mjd - tr.explosion
+    ia = tr.kind == 0
+    assert bool((lead[ia] >= 15.0).all() & (lead[ia] <= 22.0).all())
+    assert bool((lead[~ia] >= 5.0).all() & (lead[~ia] <= 15.0).all())
+    before = tr.magnitude(tr.explosion - 0.5)
+    after = tr.magnitude(tr.explosion + 0.5)
+    assert bool((before >= 90.0).all()) and bool((after < 40.0).all())
+    # the Bazin tail alone keeps a bright Ia visible a month before its peak; drawn transients are dark then
+    bazin_only = Transients(**{**vars(tr), "explosion": None})
+    month_early = tr.peak_mjd - 30.0
+    assert int((bazin_only.magnitude(month_early) < 25.0).sum()) > 50
+    assert int((tr.magnitude(month_early) < 25.0).sum()) == 0
+
+
+def test_a_transient_before_its_explosion_is_neither_detected_nor_rewarded():
+    sim = small(n_transients=3000, seed=6, images=False)
+    row = int(visible_rows(sim, 1)[0])
+    tr = sim.transients
+    hosted = torch.nonzero(tr.field == row).view(-1)
+    now = sim.clock
+    # make every transient of the field a bright Ia 25 days before its peak: Bazin alone puts it near 22 mag
+    tr.kind[hosted], tr.rise[hosted], tr.fall[hosted] = 0, 3.0, 30.0
+    tr.peak_mag[hosted], tr.peak_mjd[hosted], tr.explosion[hosted] = 18.5, now + 25.0, now + 25.0 - 18.0
+    result = sim.evaluate({**pointing(sim, torch.tensor([row])), "exposure": torch.tensor([300.0])})
+    assert result.metrics["n_detected"][0] == 0
+    seen = result.metadata[0]["transients"]
+    assert len(seen) == len(hosted) > 0 and not any(t["detected"] for t in seen)
+    depth_only = sim.depth_weight * (float(result.metrics["depth"][0]) - sim.depth_floor)
+    assert float(result.metrics["reward"][0]) == pytest.approx(max(depth_only, 0.0), rel=1e-9)
+
+
 def test_reward_values_new_epochs_of_active_transients_and_depth():
     sim = small(n_transients=1500, seed=2)
     counts = torch.bincount(sim.transients.field, minlength=len(sim.fields)).double()

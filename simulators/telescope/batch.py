@@ -17,6 +17,8 @@ from simulators.base import SimulatorError
 from simulators.telescope import sky
 from simulators.telescope.simulator import TelescopeSimulator
 
+REWARD_SOURCES = ("transient_new", "transient_repeat", "depth")
+
 
 @dataclass
 class Plan:
@@ -123,7 +125,8 @@ class NightBatch:
                                        self.n_visits, self.known)
 
     def _outcome(self, rows: torch.Tensor, mid: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Reward, detections, dome state and newly detected transients of observing `rows` at `mid` (B, K)."""
+        """Reward, detections, dome state, newly detected transients and the reward by source (REWARD_SOURCES)
+        of observing `rows` at `mid` (B, K)."""
         sim, tr = self.sim, self.sim.transients
         cond = sim.conditions(mid, rows)
         dome = cond["dome_open"].to(self.device)
@@ -137,18 +140,31 @@ class NightBatch:
         since = mid_cpu - self.last_detection[batch, idx]
         prio = self.priority[rows].to(torch.float64)
         novelty = 1.0 - torch.exp(-since / sim.cadence)
-        transient = prio.cpu() * (detected * novelty).sum(-1)
+        known = torch.isfinite(since)
+        transient_new = prio.cpu() * (detected & ~known).sum(-1)
+        transient_repeat = prio.cpu() * (detected & known).mul(novelty).sum(-1)
         visit_gap = mid - self.last_visit.gather(1, rows)
         deep = sim.depth_weight * prio * (1.0 - torch.exp(-visit_gap / sim.cadence)) * (depth - sim.depth_floor).clamp(min=0)
-        reward = transient.to(self.device) + torch.where(dome, deep, torch.zeros_like(deep))
-        return reward, detected.sum(-1).to(self.device, torch.float64), dome, detected, idx
+        parts = {"transient_new": transient_new.to(self.device), "transient_repeat": transient_repeat.to(self.device),
+                 "depth": torch.where(dome, deep, torch.zeros_like(deep))}
+        reward = parts["transient_new"] + parts["transient_repeat"] + parts["depth"]
+        return reward, detected.sum(-1).to(self.device, torch.float64), dome, detected, idx, parts
 
     def preview(self, plan: Plan | None = None) -> torch.Tensor:
         """Reward (B, N) each field would give if observed next; -inf where it is not allowed."""
+        return self.preview_parts(plan)["reward"]
+
+    def preview_parts(self, plan: Plan | None = None) -> dict[str, torch.Tensor]:
+        """Per field (B, N), what observing it next would pay: `reward` (-inf where not allowed) and its
+        REWARD_SOURCES (0 where not allowed): first detections of transients, new epochs of transients already
+        detected (what a scheduler can know of before looking), and the depth term."""
         plan = plan or self.plan()
         rows = torch.arange(self.n_fields, device=self.device).expand(self.size, -1)
-        reward = self._outcome(rows, plan.mid)[0]
-        return torch.where(plan.allowed, reward, torch.full_like(reward, -torch.inf))
+        reward, *_, parts = self._outcome(rows, plan.mid)
+        zero = torch.zeros_like(reward)
+        out = {k: torch.where(plan.allowed, v, zero) for k, v in parts.items()}
+        out["reward"] = torch.where(plan.allowed, reward, torch.full_like(reward, -torch.inf))
+        return out
 
     # observing ---------------------------------------------------------------------------------
 
@@ -164,7 +180,7 @@ class NightBatch:
             bad = int(torch.nonzero(live & ~plan.allowed.gather(1, a).view(-1))[0])
             raise SimulatorError(f"night {bad}: field row {int(a[bad])} cannot be observed now (masked)")
         mid = plan.mid.gather(1, a)
-        reward, n_det, dome, detected, idx = self._outcome(a, mid)
+        reward, n_det, dome, detected, idx, _ = self._outcome(a, mid)
         reward, n_det, dome = reward.view(-1), n_det.view(-1), dome.view(-1)
         hit = detected[:, 0] & live.cpu().view(-1, 1)
         b_idx = torch.arange(self.size).view(-1, 1).expand_as(hit)

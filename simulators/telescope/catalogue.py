@@ -2,7 +2,10 @@
 
 Transients follow Bazin et al. (2009) light curves, f(t) = exp(-(t - t0)/fall) / (1 + exp(-(t - t0)/rise)),
 normalised to a drawn peak magnitude at a drawn peak time: a fast rise and a slower decline, with
-Ia-like (short decline) and II-like (long plateau-ish decline) timescales.
+Ia-like (short decline) and II-like (long plateau-ish decline) timescales. Bazin's form is a fit near the
+peak whose exponential rise never reaches zero flux (a bright Ia would be detectable a month before peak),
+so each transient also has an explosion epoch, a drawn rise time before the peak (Ia 15-22 days, Firth et
+al. 2015; II 5-15 days, Gall et al. 2015), before which it emits nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from simulators.base import SimulatorError
 TRANSIENT_CLASSES = ("Ia", "II")
 _TIMESCALES = {"Ia": ((2.0, 4.0), (18.0, 35.0)), "II": ((1.0, 3.0), (50.0, 110.0))}
 _CLASS_WEIGHTS = (0.6, 0.4)
+_RISE_TIMES = {"Ia": (15.0, 22.0), "II": (5.0, 15.0)}
+NO_FLUX_MAG = 99.0  # the magnitude catalogues give a source with no flux; finite, so records stay strict JSON
 
 
 @dataclass
@@ -134,7 +139,8 @@ def build_fields(spec: Any, dec_range: tuple[float, float]) -> Fields:
 
 @dataclass
 class Transients:
-    """m transients: host field row, pixel position in the field's cutout, and light-curve parameters."""
+    """m transients: host field row, pixel position in the field's cutout, and light-curve parameters;
+    `explosion` (MJD) is when each starts to shine (None: the Bazin curve alone, unbounded in the past)."""
 
     field: torch.Tensor
     x: torch.Tensor
@@ -144,12 +150,14 @@ class Transients:
     rise: torch.Tensor
     fall: torch.Tensor
     kind: torch.Tensor
+    explosion: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.field.numel())
 
     def magnitude(self, mjd: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """AB magnitude of transients `index` (all by default) at times `mjd` (broadcast with index)."""
+        """AB magnitude of transients `index` (all by default) at times `mjd` (broadcast with index); NO_FLUX_MAG
+        before the explosion."""
         sel = (lambda v: v) if index is None else (lambda v: v[index])
         rise, fall = sel(self.rise), sel(self.fall)
         dt = mjd - sel(self.peak_mjd)
@@ -157,7 +165,10 @@ class Transients:
         s = dt + to_peak
         log_f = -s / fall - torch.nn.functional.softplus(-s / rise)
         log_peak = -to_peak / fall - torch.nn.functional.softplus(-to_peak / rise)
-        return sel(self.peak_mag) - 2.5 / math.log(10.0) * (log_f - log_peak)
+        mag = sel(self.peak_mag) - 2.5 / math.log(10.0) * (log_f - log_peak)
+        if self.explosion is None:
+            return mag
+        return torch.where(mjd >= sel(self.explosion), mag, torch.full_like(mag, NO_FLUX_MAG))
 
 
 def draw_transients(n: int, n_fields: int, weights: torch.Tensor, window: tuple[float, float],
@@ -179,7 +190,11 @@ def draw_transients(n: int, n_fields: int, weights: torch.Tensor, window: tuple[
         sel = kind == k
         rise[sel] = u(r0, r1)[sel]
         fall[sel] = u(f0, f1)[sel]
+    peak_mjd, peak_mag_drawn = u(*window), u(*peak_mag)
+    rise_time = torch.empty(m, dtype=torch.float64)
+    for k, name in enumerate(TRANSIENT_CLASSES):
+        rise_time[kind == k] = u(*_RISE_TIMES[name])[kind == k]
     return Transients(
         field=field, x=torch.zeros(m, dtype=torch.float64), y=torch.zeros(m, dtype=torch.float64),
-        peak_mjd=u(*window), peak_mag=u(*peak_mag), rise=rise, fall=fall, kind=kind,
+        peak_mjd=peak_mjd, peak_mag=peak_mag_drawn, rise=rise, fall=fall, kind=kind, explosion=peak_mjd - rise_time,
     )
