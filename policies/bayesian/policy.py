@@ -35,6 +35,7 @@ from policies.bayesian.models import (
     HyperparameterCache,
     ModelSettings,
     TrainingData,
+    _single_gp,
     fit_model,
     marginal_posterior,
 )
@@ -263,6 +264,15 @@ class BotorchPolicy:
         return WARM_START_AFTER if len(self.outcomes.metrics) == 1 else self.options.fit_max
 
     # -----------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Pay the model stack's one-time costs now (torch imports sympy lazily on the first GP: ~0.5 s), not at
+        the first model proposal, which idle workers may be waiting for. Builds a 3-point GP; changes no state."""
+        s = self.model_settings
+        X = torch.linspace(0, 1, 3 * self.space.dim, dtype=s.dtype, device=s.device).reshape(3, self.space.dim)
+        model = _single_gp(X, X.sum(-1, keepdim=True), None, ())
+        with torch.no_grad():
+            model.posterior(X[:1]).mean.sum().item()
 
     def degradations(self) -> list[str]:
         """Standing reasons this policy runs other than at its best (fast paths off or missing), for the progress line."""
