@@ -4,7 +4,10 @@ A real daemon subprocess runs an open campaign of `--trials` trials; a scraper r
 second and a client polls /status and /trials five times a second each. Reports the trial rate, the
 API's latency (p50, p99, max) per endpoint, and the daemon's resident memory after warm-up and at the end.
 Targets: API p99 < 50 ms; memory flat within 10% from 10% of the trials to the end.
-Usage: python benchmarks/daemon_soak.py [--trials 10000] [--workers 2] [--epics | --sleep S] [--out FILE]
+With --attribute: no subprocess; the daemon's service runs in this process under tracemalloc, and the Python
+memory that grew per trial from 10% to 50% of the trials is listed by file:line (dicts, lists and floats are
+reused from CPython's free lists, so a line names where a block was first allocated, not always its holder).
+Usage: python benchmarks/daemon_soak.py [--trials 10000] [--workers 2] [--epics | --sleep S] [--attribute] [--out FILE]
 """
 from __future__ import annotations
 
@@ -180,6 +183,53 @@ def soak(trials: int, workers: int, epics: bool, sleep: float = 0.0) -> dict:
     }
 
 
+def attribute(trials: int, workers: int, epics: bool, sleep: float) -> dict:
+    """Traced Python memory per trial between 10% and 50% of the trials of an in-process daemon, by file:line."""
+    import gc
+    import tracemalloc
+
+    sys.path.insert(0, str(ROOT))
+    from controller.campaign import Campaign
+    from controller.config import DaemonConfig
+    from controller.daemon.service import DaemonService
+    from controller.preflight import load_config
+
+    if epics:
+        raise SystemExit("--attribute runs without the IOC (the simulator or --sleep)")
+    folder = Path(tempfile.mkdtemp(prefix="aec-attribute-"))
+    sys.path.insert(0, str(folder))
+    campaign_ = Campaign(load_config(campaign(folder, trials, workers, False, sleep)))
+    service = DaemonService(campaign_, DaemonConfig(port=0))
+    marks, snaps, done = (trials // 10, trials // 2), {}, [0]
+    observe = service._observe
+
+    def sample(event: str, fields: dict) -> None:
+        observe(event, fields)
+        if event == "completed":
+            done[0] += 1
+            if done[0] in marks:
+                gc.collect()
+                snaps[done[0]] = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+
+    campaign_.observer = sample
+    tracemalloc.start()
+    service.start()
+    while len(snaps) < len(marks) and not service.done.is_set():
+        service.metrics.render(), service.view.optimum(), service.snapshot()  # what /metrics and /status do
+        time.sleep(0.2)
+    service.stop()
+    service.done.wait(60)
+    service.close()
+    campaign_.close()
+    tracemalloc.stop()
+    n = marks[1] - marks[0]
+    diff = snaps[marks[1]].compare_to(snaps[marks[0]], "lineno")
+    top = [{"where": str(d.traceback), "bytes_per_trial": round(d.size_diff / n, 1),
+            "objects_per_trial": round(d.count_diff / n, 2)} for d in diff[:15] if abs(d.size_diff) >= n]
+    return {"benchmark": "daemon_memory_attribution", "date": time.strftime("%Y-%m-%d"), "trials": trials,
+            "between": list(marks), "bytes_per_trial": round(sum(d.size_diff for d in diff) / n, 1), "by_line": top}
+
+
 def trial_rates(store: Path) -> dict:
     """Trials per second over the whole campaign and in its first and last tenth, from the journal's times."""
     sys.path.insert(0, str(ROOT))
@@ -215,19 +265,26 @@ def table(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=10_000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="default 2; 1 with --epics (one stage: the daemon refuses more)")
     parser.add_argument("--epics", action="store_true", help="measure through the example IOC (examples/epics_ioc.py)")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each measurement waits (a slower instrument)")
+    parser.add_argument("--attribute", action="store_true", help="in-process tracemalloc: what grows per trial")
     parser.add_argument("--out", help="write the JSON here (default benchmarks/out/daemon_soak.json)")
     args = parser.parse_args()
     if args.epics and not (ROOT / "examples" / "epics_ioc.py").exists():
         raise SystemExit("--epics needs examples/epics_ioc.py")
-    result = soak(args.trials, args.workers, args.epics, args.sleep)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "out" / "daemon_soak.json"
+    workers = args.workers if args.workers is not None else 1 if args.epics else 2
+    if args.attribute:
+        result = attribute(args.trials, workers, args.epics, args.sleep)
+    else:
+        result = soak(args.trials, workers, args.epics, args.sleep)
+    name = "daemon_memory_attribution.json" if args.attribute else "daemon_soak.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "out" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
-    print(table(result))
+    if not args.attribute:
+        print(table(result))
 
 
 if __name__ == "__main__":

@@ -149,12 +149,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "out" / "replay_materials"))
     ap.add_argument("--json", default=str(ROOT / "results" / "replay_materials.json"))
+    ap.add_argument("--figure", default=str(ROOT / "replay_materials.png"), help="PNG of the Top%% curves")
     ap.add_argument("--show", metavar="JSON", help="print the table of a results file and draw its figure; run nothing")
     args = ap.parse_args()
     if args.show:
         record = json.loads(Path(args.show).read_text())
         _print(record)
-        _figure(record, ROOT / "replay_materials.png")
+        _figure(record, Path(args.figure))
         return
     from controller.replay import metrics as M
     from controller.replay import replay
@@ -203,7 +204,7 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(record, indent=1))
     _print(record)
-    _figure(record, ROOT / "replay_materials.png")
+    _figure(record, Path(args.figure))
 
 
 def _row(r: dict) -> dict:

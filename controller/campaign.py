@@ -31,7 +31,7 @@ from controller.store import OperatorQueue, Store, TrialRecord
 from instruments.base import InstrumentError
 from instruments.registry import build_instrument
 from policies import KeepAll, Observation, PolicyFallbackError, Problem, Proposal, make_policy, strict_mode
-from policies.base import DataSelector, History, Objective, OutcomeConstraint
+from policies.base import COUNTS_ONLY_KINDS, DataSelector, History, Objective, OutcomeConstraint
 from policies.baselines import SobolPolicy
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,16 @@ class Campaign:
 
     # state rebuilt from the store ---------------------------------------------------------
 
-    def history(self) -> History:
-        """Completed and failed trials in the order they finished, as the policy sees them."""
+    def history(self, counts_only: bool = False) -> History:
+        """Completed and failed trials in the order they finished, as the policy sees them (only their
+        counts, the pool rows used and the last one with `counts_only`: see COUNTS_ONLY_KINDS)."""
         done = [r for r in self.store.trials() if r.status in ("completed", "failed")]
         done.sort(key=lambda r: (r.finished_seq or 0, r.id))  # journal order, not the wall clock
-        return History([self._observation(r) for r in done])
+        return History((self._observation(r) for r in done), counts_only=counts_only)
+
+    def _counts_only(self) -> bool:
+        """Whether the policy reads nothing of the history but its length and the pool rows used."""
+        return self.config.policy.kind in COUNTS_ONLY_KINDS
 
     @staticmethod
     def _observation(r: TrialRecord) -> Observation:
@@ -388,14 +393,14 @@ class Campaign:
         self._queued.set()  # operator points queued before a crash or stop are measured first
         records = self.store.trials()
         failed = sum(r.status == "failed" for r in records)
-        history = self.history()
+        history = self.history(counts_only=self._counts_only())
         self._restore_selector(records)
         pending: dict[int, Proposal] = {
             r.id: Proposal(np.asarray(r.x), r.pool_index) for r in records if r.status in IN_FLIGHT
         }
         self.fallbacks = self._fallback_tally(records)
         best = self.best_value()
-        front = [r for r in records if r.status == "completed"]
+        front = [r for r in records if r.status == "completed"] if len(self.objectives) > 1 else []
         front_note = self._front_note(front, None)
         ready: list[Proposal] = []  # computed ahead while every worker was busy; not yet journaled
         proposer = self._start_proposer() if executor is not None and cfg.executor.workers > 1 else None
@@ -411,8 +416,11 @@ class Campaign:
                     break
                 policy = self.policy
                 self._apply_requests(ready)
-                if proposer is not None and self.policy is not policy:  # a switch: what the old policy computes is dropped
-                    proposer.discard()
+                if self.policy is not policy:  # a switch: what the old policy computes is dropped
+                    if proposer is not None:
+                        proposer.discard()
+                    if history.counts_only != self._counts_only():  # the new policy reads more (or less) of it
+                        history = self.history(counts_only=self._counts_only())
                 total = self.config.budget.trials
                 max_failures = self._max_failures()
                 in_flight = len(executor.running()) + len(backlog) + len(ready)
@@ -500,7 +508,7 @@ class Campaign:
         previous = getattr(self, "_proposer_thread", None)
         if previous is not None:
             previous.join()
-        proposer = _Proposer()
+        proposer = _Proposer(getattr(self.policy, "warm_up", None))
         self._proposer_thread = proposer.thread
         return proposer
 
@@ -539,7 +547,7 @@ class Campaign:
         # unless a worker would otherwise wait.
         batch = min(max(1, self.config.executor.workers // 2), total - completed - in_flight if total is not None else 1 << 30)
         if want > 0 and not proposer.busy and (want >= batch or (not ready and executor.free_slots())):
-            proposer.ask(self.policy, History(list(history.observations)), want, [*pending.values(), *ready])
+            proposer.ask(self.policy, history.snapshot(), want, [*pending.values(), *ready])
         return False
 
     def _wind_down(self, executor, history: History, pending: dict[int, Proposal], graceful: bool) -> None:
@@ -602,7 +610,7 @@ class Campaign:
             return "wall time reached"
         if max_failures is not None and failed >= max_failures:
             return f"{failed} trials failed (budget.max_failures={max_failures})"
-        last = history.observations[-1] if history.observations else None
+        last = history.last()
         if last is not None and last.status == "completed":
             for cond in b.stop_conditions():
                 v = last.metrics.get(cond.metric)
@@ -895,7 +903,8 @@ class _Proposer:
     a proposal still running finishes in the daemon thread and its answer is dropped).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warm_up: Callable[[], None] | None = None) -> None:
+        self._warm_up = warm_up  # the policy's one-time costs, paid while the first trials measure
         self._in: queue.Queue[tuple] = queue.Queue()
         self._out: queue.Queue[tuple] = queue.Queue()
         self._closed = threading.Event()
@@ -932,6 +941,7 @@ class _Proposer:
             try:
                 gen, policy, history, n, pending = self._in.get(timeout=0.1)
             except queue.Empty:
+                self._warm_up_once()
                 continue
             t0 = time.perf_counter()
             try:
@@ -940,6 +950,16 @@ class _Proposer:
                 props, error = None, exc
             if not self._closed.is_set():
                 self._out.put((gen, history, n, pending, props, error, time.perf_counter() - t0))
+
+    def _warm_up_once(self) -> None:
+        """The policy's one-time costs, the first time the thread has nothing to do (after the initial design)."""
+        warm_up, self._warm_up = self._warm_up, None
+        if warm_up is None:
+            return
+        try:
+            warm_up()
+        except Exception:  # noqa: BLE001 - only a head start: the first real proposal meets (and reports) any fault
+            log.debug("the policy's warm-up failed", exc_info=True)
 
 
 def _is_empty_sqlite(path: Path) -> bool:

@@ -276,6 +276,9 @@ class EpicsTriggerConfig(Strict):
     done: PVName | None = None
     done_value: Finite = 1
     monitor: PVName | None = None
+    stop: PVName | None = Field(None, description="put `stop_value` here to stop an acquisition that is aborted or "
+                                "runs out of time (areaDetector: Acquire, 0)")
+    stop_value: Finite = 0
 
     @model_validator(mode="after")
     def _one_wait(self) -> "EpicsTriggerConfig":
@@ -294,6 +297,8 @@ class EpicsInstrumentConfig(Strict):
     timeout: float = Field(5.0, gt=0, description="seconds for each connection and get, and a stop put")
     move_timeout: float = Field(60.0, gt=0, description="seconds for every axis to arrive (its put completed)")
     acquire_timeout: float = Field(60.0, gt=0, description="seconds for the acquisition (and its put) to finish")
+    single_stage: bool = Field(True, description="every worker would put the same PVs: executor.workers must be 1 "
+                               "(false: the IOC serialises concurrent requests itself)")
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -330,6 +335,8 @@ class OphydInstrumentConfig(Strict):
     mode: Literal["direct", "bluesky"] = "direct"
     subscribers: list[ModuleAttr] = Field(default_factory=list, description="callables (name, doc) for the RunEngine")
     metadata: dict[str, Any] = Field(default_factory=dict, description="more start-document metadata")
+    single_stage: bool | None = Field(None, description="one physical stage: executor.workers must be 1 "
+                                      "(default: true when a parameter's device is EPICS-backed, e.g. an EpicsMotor)")
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -207,16 +207,29 @@ def _control_system(cfg: CampaignConfig, parameter_names: list[str]) -> list[str
             problems.append(f"instrument.parameters: no PV for parameter(s) {', '.join(missing)}")
         problems += [f"instrument.parameters.{n}: not a parameter of the space ({', '.join(parameter_names)})"
                      for n in inst.parameters if parameter_names and n not in parameter_names]
-        return problems
+        return problems + _one_stage(cfg, 1 if inst.single_stage else None,
+                                     "instrument.single_stage, true by default: every worker puts the same PVs")
     from instruments.registry import build_instrument
 
     try:
-        build_instrument(inst.model_dump(mode="json"), cfg.base_dir, seed=cfg.seed, parameter_names=parameter_names)
+        built = build_instrument(inst.model_dump(mode="json"), cfg.base_dir, seed=cfg.seed, parameter_names=parameter_names)
+        problems += _one_stage(cfg, getattr(built, "max_workers", None), "instrument.single_stage: true"
+                               if inst.single_stage else "a parameter's device is EPICS-backed, so every worker "
+                               "drives the same hardware; instrument.single_stage: false if it is not")
     except InstrumentError as exc:
         problems.append(_field_message(str(exc), "instrument.devices"))
     except Exception as exc:  # noqa: BLE001 - a module that raises at import: reported, not a traceback
         problems.append(f"instrument.devices: importing {inst.devices!r} raised {type(exc).__name__}: {exc}")
     return problems
+
+
+def _one_stage(cfg: CampaignConfig, max_workers: int | None, why: str) -> list[str]:
+    """An instrument with one physical stage runs with one worker: two would fight over it (the breaker trips)."""
+    n = cfg.executor.workers
+    if max_workers is None or n <= max_workers:
+        return []
+    return [f"executor.workers: {n} workers, but the instrument drives one physical stage ({why}); "
+            f"two workers would fight over it: use workers: {max_workers}"]
 
 
 def _gest_generator(cfg: CampaignConfig, space: Any) -> list[str]:

@@ -7,8 +7,9 @@
 PVs (after the prefix): X, Y stage setpoints (pixels) with X_RBV, Y_RBV readbacks that travel at
 VELO pixels/s (`--speed` at start) and settle for `--settle` s, X_DMOV, Y_DMOV (1 when at rest),
 STOP (put 1: halt both axes where they are); DWELL (s), ACQUIRE (put 1: acquire at the readback
-position; back to 0 when done), ACQUIRE_DONE (0 while acquiring), COUNTER (acquisitions so far); the
-last acquisition's SPECTRUM (waveform, counts per channel) and scalars PEAK_RATIO, ROI_SCORE,
+position; back to 0 when done; put 0 while acquiring: stop the acquisition, as areaDetector's Acquire),
+ACQUIRE_DONE (0 while acquiring), COUNTER (acquisitions finished), ABORTED (acquisitions stopped); the
+last finished acquisition's SPECTRUM (waveform, counts per channel) and scalars PEAK_RATIO, ROI_SCORE,
 TOTAL_COUNTS.
 With --callback-puts, a put to X, Y or ACQUIRE completes (its put-callback) only when the move or the
 acquisition ends, as a motor record's and an areaDetector's do; without it, at once.
@@ -53,9 +54,10 @@ class MicroscopeIOC(PVGroup):
     velo = pvproperty(name="VELO", value=100.0, units="px/s", doc="stage speed (a motor record's VELO)")
     stop = pvproperty(name="STOP", value=0, doc="put 1 to halt both axes where they are")
     dwell = pvproperty(name="DWELL", value=0.1, precision=3, units="s", doc="acquisition time")
-    acquire = pvproperty(name="ACQUIRE", value=0, doc="put 1 to acquire; returns to 0 when done")
+    acquire = pvproperty(name="ACQUIRE", value=0, doc="put 1 to acquire; returns to 0 when done; put 0 to stop")
     acquire_done = pvproperty(name="ACQUIRE_DONE", value=1, read_only=True, doc="0 while acquiring")
-    counter = pvproperty(name="COUNTER", value=0, read_only=True, doc="acquisitions so far")
+    counter = pvproperty(name="COUNTER", value=0, read_only=True, doc="acquisitions finished")
+    aborted = pvproperty(name="ABORTED", value=0, read_only=True, doc="acquisitions stopped by a put of ACQUIRE=0")
     spectrum = pvproperty(name="SPECTRUM", value=[0.0] * CHANNELS, dtype=ChannelType.DOUBLE, read_only=True,
                           doc="counts per channel of the last acquisition")
     peak_ratio = pvproperty(name="PEAK_RATIO", value=0.0, precision=4, read_only=True)
@@ -135,6 +137,10 @@ class MicroscopeIOC(PVGroup):
     @acquire.putter
     async def acquire(self, instance, value):
         if not value:
+            if self._acquisition is not None and not self._acquisition.done():
+                self._acquisition.cancel()
+                await self.aborted.write(self.aborted.value + 1)
+                await self.acquire_done.write(1)
             return 0
         if self._acquisition is None or self._acquisition.done():
             await self.acquire_done.write(0)

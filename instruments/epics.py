@@ -9,7 +9,10 @@ Setpoint puts ask for a put-callback, as a motor record's completes only when it
 axis's put is started first (the axes travel together), then all of them, their done-moving PVs and
 readbacks are awaited within `move_timeout`; the trigger's put and the acquisition within
 `acquire_timeout`. While a put is pending the server must keep answering gets (a hung IOC fails
-within `timeout`). A move that fails or runs out of time puts the axes' stop PVs before it raises.
+within `timeout`). A move that fails or runs out of time puts the axes' stop PVs before it raises; an
+acquisition that does puts the trigger's stop PV (areaDetector: Acquire=0); abort() puts all of them.
+Every worker would put the same PVs, so the instrument is one stage (`max_workers` 1) unless
+`single_stage` is false (an IOC that serialises concurrent requests itself).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ class Trigger:
     done: str | None = None
     done_value: float = 1
     monitor: str | None = None
+    stop: str | None = None
+    stop_value: float = 0
 
 
 class _Updates:
@@ -93,11 +98,13 @@ class EpicsInstrument:
 
     def __init__(self, parameters: dict[str, Any], metrics: dict[str, str], prefix: str = "",
                  trigger: dict[str, Any] | None = None, data: str | None = None, timeout: float = 5.0,
-                 move_timeout: float = 60.0, acquire_timeout: float = 60.0):
+                 move_timeout: float = 60.0, acquire_timeout: float = 60.0, single_stage: bool = True):
         self.prefix = prefix
         self.axes = [_axis(name, spec, prefix) for name, spec in parameters.items()]
-        self.trigger = Trigger(**{**trigger, **{k: prefix + trigger[k] for k in ("pv", "done", "monitor")
-                                                 if trigger.get(k)}}) if trigger else None
+        self.trigger = Trigger(**{**{k: v for k, v in trigger.items() if v is not None},
+                                  **{k: prefix + trigger[k] for k in ("pv", "done", "monitor", "stop")
+                                     if trigger.get(k)}}) if trigger else None
+        self.max_workers = 1 if single_stage else None
         self.metrics = {name: prefix + pv for name, pv in metrics.items()}
         self.data = prefix + data if data else None
         self.timeout, self.move_timeout, self.acquire_timeout = timeout, move_timeout, acquire_timeout
@@ -115,7 +122,7 @@ class EpicsInstrument:
         for a in self.axes:
             names += [n for n in (a.setpoint, a.readback, a.done, a.stop) if n]
         if self.trigger:
-            names += [n for n in (self.trigger.pv, self.trigger.done, self.trigger.monitor) if n]
+            names += [n for n in (self.trigger.pv, self.trigger.done, self.trigger.monitor, self.trigger.stop) if n]
         names += list(self.metrics.values()) + ([self.data] if self.data else [])
         return list(dict.fromkeys(names))
 
@@ -298,10 +305,27 @@ class EpicsInstrument:
             self._pause(run)
 
     def _acquire(self, run: threading.Event) -> None:
-        """Put the trigger, then wait for the acquire-done value or a fresh monitor update."""
+        """Put the trigger, then wait for the acquire-done value or a fresh monitor update; an acquisition that
+        fails or runs out of time is stopped (the trigger's stop PV) before this raises."""
         t = self.trigger
         if t is None:
             return
+        try:
+            self._acquire_with(t, run)
+        except InstrumentError as exc:
+            raise InstrumentError(f"{exc}{self._stop_acquisition(t)}", retryable=exc.retryable) from None
+
+    def _stop_acquisition(self, t: Trigger) -> str:
+        """Put the trigger's stop PV (awaited for `timeout`); what it did, to end an error message."""
+        if not t.stop:
+            return " (the trigger has no stop PV: the acquisition may still run)"
+        try:
+            self._put(t.stop, t.stop_value)
+        except InstrumentError as exc:
+            return f" (putting {t.stop} to stop the acquisition failed too: {exc})"
+        return f" (put {t.stop}={t.stop_value:g} to stop the acquisition)"
+
+    def _acquire_with(self, t: Trigger, run: threading.Event) -> None:
         deadline = time.monotonic() + self.acquire_timeout
         if t.monitor:
             assert self._updates is not None
@@ -336,11 +360,16 @@ class EpicsInstrument:
             raise Aborted
 
     def abort(self) -> None:
-        """End the measurement in progress at its next wait and put every stop PV (without waiting)."""
+        """End the measurement in progress at its next wait and put every stop PV, the axes' and the
+        acquisition's (without waiting)."""
         if not self._in_flight.abort():
             return
-        stops = {a.stop: a.stop_value for a in self.axes if a.stop and a.stop in self._pvs and self._pvs[a.stop].connected}
+        stops = {a.stop: a.stop_value for a in self.axes if a.stop}
+        if self.trigger is not None and self.trigger.stop:
+            stops[self.trigger.stop] = self.trigger.stop_value
         for name, value in stops.items():
+            if name not in self._pvs or not self._pvs[name].connected:
+                continue
             try:
                 self._put(name, value, wait=False)
             except InstrumentError:

@@ -7,8 +7,11 @@ Readable, then read()s. `mode: bluesky` does the same as a one-event run through
 the facility's document subscribers see it; its start document carries aec's trial id, attempt and
 proposal reason whenever `measure` is given them as `context`.
 A move that fails or runs past `timeout` stops every Movable still moving (direct mode; in bluesky mode
-the RunEngine stops the devices it moved) before it raises. close() aborts a measurement in progress and
-ends the RunEngine's event-loop thread; the devices themselves belong to the factory and stay as they are.
+the RunEngine stops the devices it moved) before it raises; a trigger that does stops the detectors still
+acquiring. abort() (the watchdog's, a stop's) stop()s every Stoppable device, Movables and detectors.
+close() aborts a measurement in progress and ends the RunEngine's event-loop thread; the devices themselves
+belong to the factory and stay as they are. A parameter device backed by EPICS (an EpicsMotor, an EpicsSignal)
+is hardware every worker shares: the instrument is one stage (`max_workers` 1) unless `single_stage` says.
 """
 from __future__ import annotations
 
@@ -83,6 +86,10 @@ class OphydInstrument:
         self.subscribers = [load(s, base_dir, f"instrument.subscribers[{i}]")
                             for i, s in enumerate(spec.get("subscribers") or [])]
         self.metadata = dict(spec.get("metadata") or {})
+        single = spec.get("single_stage")
+        if single is None:
+            single = any(_epics_backed(type(d)) for d in self.movables.values())
+        self.max_workers = 1 if single else None
         self._engine: Any = None
         self._in_flight = InFlight()
 
@@ -144,11 +151,13 @@ class OphydInstrument:
         except InstrumentError as exc:  # a move that failed or timed out: the others may still be moving
             raise InstrumentError(f"{exc}{self._stop(moves)}", retryable=exc.retryable) from None
         readables = self.readables()
-        triggers = [(getattr(d, "name", "?"), self._call("trigger()", d.trigger))
-                    for d in readables if isinstance(d, Triggerable)]
+        triggers = [(d, self._call("trigger()", d.trigger)) for d in readables if isinstance(d, Triggerable)]
         deadline = time.monotonic() + self.timeout
-        for name, status in triggers:
-            _wait(status, deadline, run, f"triggering {name}", self.timeout)
+        try:
+            for d, status in triggers:
+                _wait(status, deadline, run, f"triggering {getattr(d, 'name', '?')}", self.timeout)
+        except InstrumentError as exc:  # a detector that failed or ran out of time: the others may still acquire
+            raise InstrumentError(f"{exc}{self._stop_detectors(triggers)}", retryable=exc.retryable) from None
         readings: dict[str, Any] = {}
         for d in readables:
             readings.update(self._call(f"{getattr(d, 'name', '?')}.read()", d.read))
@@ -195,20 +204,12 @@ class OphydInstrument:
 
     def _stop(self, moves: list[tuple[str, Any]]) -> str:
         """stop() every Movable whose move has not finished; what it did, to end an error message."""
-        notes = []
-        for p, status in moves:
-            if getattr(status, "done", False):
-                continue
-            d = self.movables[p]
-            if not isinstance(d, Stoppable):
-                notes.append(f"{p} cannot stop (its device has no stop()) and may still be moving")
-                continue
-            try:
-                d.stop(success=False)
-                notes.append(f"stopped {p}")
-            except Exception as exc:  # noqa: BLE001 - device code may raise anything
-                notes.append(f"stopping {p} failed too: {type(exc).__name__}: {exc}")
-        return f" ({'; '.join(notes)})" if notes else ""
+        return _stop_unfinished([(p, self.movables[p], status) for p, status in moves], "moving")
+
+    def _stop_detectors(self, triggers: list[tuple[Any, Any]]) -> str:
+        """stop() every triggered detector whose acquisition has not finished; what it did, for an error message."""
+        return _stop_unfinished([(getattr(d, "name", "?"), d, status) for d, status in triggers
+                                 if all(d is not m for m in self.movables.values())], "acquiring")
 
     def _run_engine(self) -> Any:
         """One RunEngine per instrument, made in the worker's thread (no SIGINT handler: not the main thread)."""
@@ -245,9 +246,11 @@ class OphydInstrument:
         return Measurement(metrics=metrics, data=data, metadata=meta)
 
     def abort(self) -> None:
-        """End the measurement in progress: abort the bluesky run, or stop every Movable that can stop."""
+        """End the measurement in progress: abort the bluesky run (which stops the Movables it moved) or stop
+        every Movable, and stop every detector, that can stop."""
         if not self._in_flight.abort():
             return
+        devices = self.readables() + list(self.movables.values())
         if self.mode == "bluesky" and self._engine is not None and self._engine.state != "idle":
             from bluesky.utils import TransitionError
 
@@ -255,14 +258,13 @@ class OphydInstrument:
                 self._engine.abort("aec: the trial timed out or the campaign stopped")
             except TransitionError:
                 pass
-            return
-        for d in self.movables.values():
+            devices = [d for d in self.readables() if all(d is not m for m in self.movables.values())]
+        for d in {id(d): d for d in devices}.values():
             if isinstance(d, Stoppable):
                 try:
                     d.stop(success=False)
                 except Exception:  # noqa: BLE001 - an abort must not raise for a device's sake
                     pass
-
 
     def close(self) -> None:
         """Abort a measurement in progress, then end the RunEngine's event loop and its thread. Idempotent;
@@ -293,6 +295,35 @@ def _device(devices: dict[str, Any], name: str, protocol: type, field: str) -> A
         raise InstrumentError(f"{field}: device {name!r} ({type(device).__name__}) is not {protocol.__name__}",
                               retryable=False)
     return device
+
+
+def _stop_unfinished(devices: list[tuple[str, Any, Any]], doing: str) -> str:
+    """stop() each (name, device, status) whose status has not finished; what it did, to end an error message."""
+    notes = []
+    for name, d, status in devices:
+        if getattr(status, "done", False):
+            continue
+        if not isinstance(d, Stoppable):
+            notes.append(f"{name} cannot stop (its device has no stop()) and may still be {doing}")
+            continue
+        try:
+            d.stop(success=False)
+            notes.append(f"stopped {name}")
+        except Exception as exc:  # noqa: BLE001 - device code may raise anything
+            notes.append(f"stopping {name} failed too: {type(exc).__name__}: {exc}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _epics_backed(cls: type) -> bool:
+    """Whether an ophyd device class is (or holds a component that is) an EPICS signal: hardware every worker shares."""
+    try:
+        from ophyd.signal import EpicsSignalBase
+    except ImportError:
+        return False
+    if issubclass(cls, EpicsSignalBase):
+        return True
+    components = getattr(cls, "_sig_attrs", {}) or {}
+    return any(isinstance(getattr(c, "cls", None), type) and _epics_backed(c.cls) for c in components.values())
 
 
 def _wait(status: Any, deadline: float, run: threading.Event, what: str, timeout: float) -> None:

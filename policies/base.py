@@ -5,7 +5,9 @@ in `History`, which the store rebuilds, so a restarted campaign proposes from th
 """
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -126,7 +128,7 @@ class Proposal:
     reason: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Observation:
     """One trial as the history holds it. status is 'completed' or 'failed'."""
 
@@ -139,43 +141,200 @@ class Observation:
     novelty: float | None = None
 
 
-@dataclass
-class History:
-    """The completed and failed trials of a campaign, in completion order."""
+COUNTS_ONLY_KINDS = frozenset({"random", "sobol", "grid", "raster"})
+"""Policy kinds that read nothing of the history but len() and used_pool_indices(): a campaign running one
+keeps a counts-only History, no row per trial (a daemon's memory stays flat over millions of trials)."""
 
-    observations: list[Observation] = field(default_factory=list)
+
+class _Column:
+    """A growable column of floats (rows x width) with a presence mask; capacity doubles when full."""
+
+    __slots__ = ("values", "present")
+
+    def __init__(self, capacity: int, width: int | None = None):
+        shape = (capacity,) if width is None else (capacity, width)
+        self.values = np.full(shape, np.nan)
+        self.present = np.zeros(capacity, dtype=bool)
+
+    def grown(self, capacity: int) -> "_Column":
+        out = _Column.__new__(_Column)
+        out.values = np.full((capacity, *self.values.shape[1:]), np.nan)
+        out.values[: len(self.values)] = self.values
+        out.present = np.zeros(capacity, dtype=bool)
+        out.present[: len(self.present)] = self.present
+        return out
+
+
+class History:
+    """The completed and failed trials of a campaign, in completion order, held as columns (numpy arrays).
+
+    `observations` and `completed()` build Observation objects on demand; X(), Y(), Yvar() read the columns.
+    Append-only, so `snapshot()` is free: it shares the arrays and sees the first len() rows only. With
+    `counts_only` (COUNTS_ONLY_KINDS) no row is kept: only len(), the pool rows used and the last observation.
+    """
+
+    def __init__(self, observations: Iterable[Observation] = (), *, counts_only: bool = False):
+        self.counts_only = counts_only
+        self._n = 0
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._completed = np.zeros(0, dtype=bool)
+        self._pool = np.zeros(0, dtype=np.int64)  # -1: no pool row
+        self._x: _Column | None = None
+        self._novelty = _Column(0)
+        self._metrics: dict[str, _Column] = {}
+        self._sem: dict[str, _Column] = {}
+        self._pool_used: set[int] = set()  # counts_only: the pool rows used (bounded by the pool)
+        self._last: Observation | None = None
+        self._shared = False  # a snapshot: its arrays are another history's, copied before its first append
+        for obs in observations:
+            self.append(obs)
 
     def __len__(self) -> int:
-        return len(self.observations)
+        return self._n
 
     def append(self, obs: Observation) -> None:
-        self.observations.append(obs)
+        self._last = obs
+        if self.counts_only:
+            if obs.pool_index is not None:
+                self._pool_used.add(int(obs.pool_index))
+            self._n += 1
+            return
+        i = self._n
+        x = np.asarray(obs.x, dtype=float).reshape(-1)
+        if self._x is None:
+            self._x = _Column(len(self._ids), x.shape[0])
+        elif x.shape[0] != self._x.values.shape[1]:
+            raise ValueError(f"observation {obs.trial_id}: x has {x.shape[0]} values, the history {self._x.values.shape[1]}")
+        if self._shared or i == len(self._ids):
+            self._grow(max(16, 2 * i, len(self._ids)))
+        self._ids[i] = obs.trial_id
+        self._completed[i] = obs.status == "completed"
+        self._pool[i] = -1 if obs.pool_index is None else int(obs.pool_index)
+        self._x.values[i], self._x.present[i] = x, True
+        if obs.novelty is not None:
+            self._novelty.values[i], self._novelty.present[i] = obs.novelty, True
+        for columns, values in ((self._metrics, obs.metrics), (self._sem, obs.sem)):
+            for name, v in (values or {}).items():
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = _Column(len(self._ids))
+                col.values[i], col.present[i] = v, True
+        self._n = i + 1
+
+    def _grow(self, capacity: int) -> None:
+        """New arrays of `capacity` rows holding the old ones (a snapshot keeps the old arrays)."""
+        def longer(a: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full(capacity, fill, dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        self._ids, self._completed, self._pool = longer(self._ids, 0), longer(self._completed, False), longer(self._pool, -1)
+        self._x = self._x.grown(capacity) if self._x is not None else None
+        self._novelty = self._novelty.grown(capacity)
+        self._metrics = {k: c.grown(capacity) for k, c in self._metrics.items()}
+        self._sem = {k: c.grown(capacity) for k, c in self._sem.items()}
+        self._shared = False
+
+    def snapshot(self) -> "History":
+        """This history as it is now, unchanged by later appends to either (arrays shared until one writes)."""
+        out = copy.copy(self)
+        out._metrics, out._sem, out._pool_used = dict(self._metrics), dict(self._sem), set(self._pool_used)
+        out._shared = True  # its rows past len() belong to this history: it copies before its first append
+        return out
+
+    def _rows_kept(self, what: str) -> None:
+        if self.counts_only:
+            raise RuntimeError(f"{what}: this history keeps counts only (policy kinds {', '.join(sorted(COUNTS_ONLY_KINDS))})")
+
+    def _rows(self, rows: Sequence[int] | np.ndarray) -> list[Observation]:
+        """Observations of these rows, each column read once (a few microseconds a row)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        if not len(idx):
+            return []
+
+        def column(c: _Column) -> tuple[list, list]:
+            return c.values[idx].tolist(), c.present[idx].tolist()
+
+        metrics = [(k, *column(c)) for k, c in self._metrics.items()]
+        sems = [(k, *column(c)) for k, c in self._sem.items()]
+        ids, done, pool = self._ids[idx].tolist(), self._completed[idx].tolist(), self._pool[idx].tolist()
+        xs, (novelty, has_novelty) = self._x.values[idx], column(self._novelty)
+        return [Observation(trial_id=ids[j], x=xs[j], metrics={k: v[j] for k, v, has in metrics if has[j]},
+                            status="completed" if done[j] else "failed", pool_index=None if pool[j] < 0 else pool[j],
+                            sem={k: v[j] for k, v, has in sems if has[j]},
+                            novelty=novelty[j] if has_novelty[j] else None) for j in range(len(idx))]
+
+    @property
+    def observations(self) -> "_Observations":
+        """Every trial in completion order, as a sequence of Observations built when read."""
+        self._rows_kept("History.observations")
+        return _Observations(self)
+
+    def last(self) -> Observation | None:
+        """The trial appended last (kept in counts-only histories too: stop conditions read it)."""
+        return self._last
 
     def completed(self) -> list[Observation]:
-        return [o for o in self.observations if o.status == "completed"]
+        self._rows_kept("History.completed()")
+        return self._rows(np.flatnonzero(self._completed[: self._n]))
 
     def X(self, dim: int | None = None) -> np.ndarray:
         """Unit-cube inputs of completed trials, shape n x dim."""
-        rows = [o.x for o in self.completed()]
-        if not rows:
+        self._rows_kept("History.X()")
+        done = self._completed[: self._n]
+        if not done.any():
             return np.zeros((0, dim or 0))
-        return np.vstack(rows)
+        return self._x.values[: self._n][done]
 
     def Y(self, metrics: list[str]) -> np.ndarray:
         """Values of `metrics` for completed trials, shape n x len(metrics); NaN where a metric is missing."""
-        return np.array(
-            [[o.metrics.get(m, np.nan) for m in metrics] for o in self.completed()], dtype=float
-        ).reshape(-1, len(metrics))
+        self._rows_kept("History.Y()")
+        done = self._completed[: self._n]
+        out = np.full((int(done.sum()), len(metrics)), np.nan)
+        for j, m in enumerate(metrics):
+            col = self._metrics.get(m)
+            if col is not None:
+                out[:, j] = col.values[: self._n][done]  # NaN where absent
+        return out
 
     def Yvar(self, metrics: list[str]) -> np.ndarray | None:
         """Squared standard errors for `metrics` when every completed trial reports them, else None."""
-        done = self.completed()
-        if not done or not all(all(m in o.sem for m in metrics) for o in done):
+        self._rows_kept("History.Yvar()")
+        done = self._completed[: self._n]
+        if not done.any() or not all(m in self._sem and self._sem[m].present[: self._n][done].all() for m in metrics):
             return None
-        return np.array([[o.sem[m] ** 2 for m in metrics] for o in done], dtype=float)
+        out = np.empty((int(done.sum()), len(metrics)))
+        for j, m in enumerate(metrics):
+            out[:, j] = self._sem[m].values[: self._n][done] ** 2
+        return out
 
     def used_pool_indices(self) -> set[int]:
-        return {o.pool_index for o in self.observations if o.pool_index is not None}
+        if self.counts_only:
+            return set(self._pool_used)
+        pool = self._pool[: self._n]
+        return set(pool[pool >= 0].tolist())
+
+
+class _Observations(Sequence):
+    """A History's rows as Observations, built when indexed (a slice gives a list)."""
+
+    def __init__(self, history: History):
+        self._history, self._n = history, len(history)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self._history._rows(range(*i.indices(self._n)))
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("history index out of range")
+        return self._history._rows([i])[0]
+
+    def __iter__(self):
+        return iter(self._history._rows(range(self._n)))
 
 
 @runtime_checkable

@@ -266,6 +266,23 @@ def test_with_several_workers_results_are_collected_and_workers_refilled_while_a
         c2.close()
 
 
+def test_with_several_workers_the_policy_warms_up_once_on_the_proposer_thread_after_the_first_answer(write_campaign, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("AEC_TEST_SLEEP", "0.2")
+    path = write_campaign("bgwarm", target="fns:slow", trials=8, executor={"workers": 2, "lookahead": 2})
+    c = Campaign(load_config(path), reporter=SilentReporter())
+    calls: list[tuple[str, int]] = []
+    wrapped = _SlowSecondProposal(c.policy, seconds=0.0)
+    wrapped.warm_up = lambda: calls.append((threading.current_thread().name, wrapped.calls))
+    c.policy = wrapped
+    summary = c.run()
+    c.close()
+    assert summary.completed == 8
+    # once, on the proposer's thread, and only after it answered the first request (the initial design is not delayed)
+    assert len(calls) == 1 and calls[0][0] == "aec-proposer" and calls[0][1] >= 1, calls
+
+
 def test_with_several_workers_a_strict_policy_error_in_the_proposer_thread_stops_as_before(write_campaign, monkeypatch):
     from policies import PolicyFallbackError
 

@@ -419,3 +419,83 @@ def test_a_daemon_campaign_runs_through_channel_access_end_to_end(ioc, tmp_path)
         for trial, payload in zip(trials, completed):
             for axis in ("x", "y"):
                 assert abs(payload["metadata"][f"{axis}_readback"] - trial["params"][axis]) <= TOLERANCE
+
+
+STOPPING_TRIGGER = {"pv": "ACQUIRE", "value": 1, "done": "ACQUIRE_DONE", "done_value": 1, "stop": "ACQUIRE",
+                    "stop_value": 0}
+
+
+def _counts(getter) -> tuple[int, int, int]:
+    """(acquisitions finished, acquisitions stopped, ACQUIRE_DONE) as the IOC serves them."""
+    return tuple(int(getter(n).read(timeout=3).data[0]) for n in ("COUNTER", "ABORTED", "ACQUIRE_DONE"))
+
+
+@pytest.mark.parametrize("server", ["ioc", "callback_ioc"])
+def test_an_acquisition_past_acquire_timeout_is_stopped_on_the_ioc_before_it_fails(server, request):
+    getter = request.getfixturevalue("client" if server == "ioc" else server)
+    inst = _instrument(acquire_timeout=0.5, trigger=STOPPING_TRIGGER)
+    here = {a: float(getter(f"{a.upper()}_RBV").read(timeout=3).data[0]) for a in ("x", "y")}
+    dwell = float(getter("DWELL").read(timeout=3).data[0])
+    finished, stopped, _ = _counts(getter)
+    try:
+        getter("DWELL").write([30.0], wait=True, timeout=3)  # an acquisition now takes 30 s
+        with pytest.raises(InstrumentError, match=rf"0.5 s.*\(put {PREFIX}ACQUIRE=0 to stop the acquisition\)"):
+            inst.measure(here)
+        after = _counts(getter)
+    finally:
+        getter("DWELL").write([dwell], wait=True, timeout=3)
+        inst.close()
+    assert after == (finished, stopped + 1, 1)  # stopped on the IOC: idle again, nothing published
+
+
+def test_the_watchdog_stops_a_timed_out_acquisition_on_the_ioc(client, tmp_path, capsys):
+    """A trial past executor.timeout: the executor's watchdog aborts it, and the abort puts ACQUIRE=0."""
+    path = write_campaign(tmp_path, "watchdog", trials=1, attempts=1, max_failures=1, trigger=STOPPING_TRIGGER)
+    data = yaml.safe_load(path.read_text())
+    data["executor"]["timeout"] = 2.0  # the move (at most 0.4 s at 400 px/s) is over: the acquisition is cut
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    finished, stopped, _ = _counts(client)
+    try:
+        client("DWELL").write([30.0], wait=True, timeout=3)
+        t0 = time.monotonic()
+        main(["run", str(path)])
+        took = time.monotonic() - t0
+        _wait_until(lambda: _counts(client)[1] == stopped + 1, 10)
+        after = _counts(client)
+    finally:
+        client("DWELL").write([0.1], wait=True, timeout=3)
+    assert took < 25.0 and after == (finished, stopped + 1, 1)
+    with Store(tmp_path / "watchdog.db") as store:
+        (trial,) = store.trials()
+    assert trial.status == "failed" and "time" in trial.error
+
+
+def test_an_abort_without_a_trigger_stop_pv_says_the_acquisition_may_still_run(client):
+    inst = _instrument(acquire_timeout=0.3)
+    here = {a: float(client(f"{a.upper()}_RBV").read(timeout=3).data[0]) for a in ("x", "y")}
+    try:
+        client("DWELL").write([2.0], wait=True, timeout=3)
+        with pytest.raises(InstrumentError, match="the trigger has no stop PV: the acquisition may still run"):
+            inst.measure(here)
+    finally:
+        _wait_until(lambda: _counts(client)[2] == 1, 10)
+        client("DWELL").write([0.1], wait=True, timeout=3)
+        inst.close()
+
+
+@pytest.mark.parametrize("workers, single_stage, code", [(2, None, EXIT_USER), (1, None, 0), (2, False, 0)])
+def test_an_epics_instrument_is_one_stage_so_more_than_one_worker_is_refused(tmp_path, capsys, workers, single_stage,
+                                                                             code):
+    changes = {} if single_stage is None else {"single_stage": single_stage}
+    path = write_campaign(tmp_path, "stage", trials=1, **changes)
+    data = yaml.safe_load(path.read_text())
+    data["executor"]["workers"] = workers
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["validate", str(path)]) == code
+    err = capsys.readouterr().err
+    if code:
+        assert err.strip().splitlines() == [f"error: {path}: executor.workers: 2 workers, but the instrument drives one "
+                                            "physical stage (instrument.single_stage, true by default: every worker "
+                                            "puts the same PVs); two workers would fight over it: use workers: 1"]
+        assert main(["run", str(path)]) == EXIT_USER and not (tmp_path / "stage.db").exists()
+        assert "executor.workers: 2 workers" in capsys.readouterr().err

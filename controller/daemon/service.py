@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from controller.campaign import Campaign
 from controller.config import BudgetConfig, DaemonConfig, PolicyConfig, validation_problems
 from controller.constraints import SpaceError
 from controller.daemon.faults import Backoff, CircuitBreaker
-from controller.daemon.metrics import DaemonMetrics
+from controller.daemon.metrics import DaemonMetrics, RateWindow
 from controller.daemon.state import InvalidTransition, State, StateJournal, StateMachine, Transition
 from controller.daemon.views import StoreView, add_read_indexes
 from controller.errors import UserError
@@ -90,7 +89,7 @@ class DaemonService:
         self.last_error: str | None = None
         self._stop_requested = False
         self._wake = threading.Event()
-        self._completions: deque[float] = deque()
+        self._completions = RateWindow(RATE_WINDOW)
         self._started = time.time()
         self._thread = threading.Thread(target=self._loop, name="aec-campaign", daemon=True)
 
@@ -265,10 +264,7 @@ class DaemonService:
             if fields.get("kept") is not None:
                 m.novelty.labels(decision="kept" if fields["kept"] else "dropped").inc()
             self.breaker.success()
-            now = time.time()
-            self._completions.append(now)
-            while self._completions[0] < now - RATE_WINDOW:
-                self._completions.popleft()
+            self._completions.add(time.time())
         elif event in ("failed", "retry", "abandoned"):
             m.clock.change(-1)
         if event in ("failed", "retry"):
@@ -296,7 +292,7 @@ class DaemonService:
     def snapshot(self) -> Snapshot:
         now = time.time()
         window = min(RATE_WINDOW, max(now - self._started, 1e-9))
-        recent = sum(1 for t in list(self._completions) if t >= now - window)
+        recent = self._completions.count(now, window)
         return Snapshot(self.machine.current, self.last_error, recent / window, self.breaker.consecutive,
                         self.breaker.trips, now - self._started)
 
