@@ -27,12 +27,9 @@ MODES = {"processes, workers 2": {"workers": 2}, "Ray, cpus_per_run 1": {"ray": 
 
 
 def _curves(out: Path) -> dict:
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if "second" not in k}
-        return [strip(x) for x in v] if isinstance(v, list) else v
+    from controller.replay.summary import results_without_timings
 
-    return strip(json.loads((out / "results.json").read_text()))
+    return results_without_timings(out)
 
 
 def main() -> None:

@@ -48,13 +48,9 @@ def _replay(tmp_path: Path, out: Path, policies: str, seeds: int, ray: dict | No
 
 
 def _curves(out: Path) -> dict:
-    """results.json without the timings (seconds per decision differ between any two runs)."""
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if "second" not in k}
-        return [strip(x) for x in v] if isinstance(v, list) else v
+    from controller.replay.summary import results_without_timings
 
-    return strip(json.loads((out / "results.json").read_text()))
+    return results_without_timings(out)
 
 
 def _picks(store: str | Path) -> list[dict]:

@@ -91,6 +91,17 @@ def _reward_fraction(run: Run, notes: list[str]) -> dict[str, Any] | None:
     return out
 
 
+def results_without_timings(folder: Path) -> dict[str, Any]:
+    """A replay folder's results.json less every timing (seconds per decision differ between any two runs),
+    so that two replays of the same plan compare equal."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if "second" not in k}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    return strip(json.loads((Path(folder) / RESULTS_FILE).read_text()))
+
+
 def write_results(plan: Plan, folder: Path | None = None) -> dict[str, Any]:
     """Compute the results from the stores and write them to results.json in `folder` (default: the replay's
     own), atomically; returns them."""
