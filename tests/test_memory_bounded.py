@@ -169,6 +169,10 @@ def test_a_daemon_keeps_nothing_per_trial_beyond_the_stores_journal_fold(tmp_pat
     api = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     api.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while not server.started and api.is_alive() and time.monotonic() < deadline:  # listening only once started
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
     try:
         service.start()
         with httpx.Client(base_url=url, timeout=30) as client:
