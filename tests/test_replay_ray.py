@@ -237,3 +237,34 @@ def test_a_store_another_writer_holds_fails_its_run_and_is_left_alone(tmp_path, 
     assert len(err) == 1 and f"{held} is in use by pid {os.getpid()}" in err[0], err
     assert _picks(held) == before and run_state(Path(held)) == (False, 2)
     assert run_state(Path(other)) == (True, BUDGET)
+
+
+def test_installing_a_returned_store_over_one_whose_wal_holds_rows_loses_none_if_it_stops_before_the_rename(tmp_path, monkeypatch):
+    """A store left by a killed writer keeps committed rows in its WAL; install removes that WAL before renaming
+    the new store in, so it folds the WAL into the old file first: a crash in between leaves the old store whole."""
+    import shutil
+
+    from controller.replay import shipping
+
+    live = tmp_path / "live.db"
+    db = sqlite3.connect(live)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    target = tmp_path / "runs" / "s.db"
+    target.parent.mkdir()
+    shutil.copy(live, target)  # the files as a SIGKILL leaves them: the row only in the WAL
+    shutil.copy(f"{live}-wal", f"{target}-wal")
+    db.close()
+    blob = shipping.pack(target)
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(shipping.os, "replace", crash)
+    with pytest.raises(OSError):
+        shipping.install(blob, target)
+    assert not os.path.exists(f"{target}-wal")
+    assert sqlite3.connect(target).execute("SELECT x FROM t").fetchall() == [(1,)]

@@ -67,11 +67,22 @@ def install(blob: bytes, target: Path) -> None:
             if old_data.exists():
                 os.replace(old_data, staging / "replaced.data")
             os.replace(new_data, old_data)
+        if target.with_name(target.name + "-wal").exists():
+            _checkpoint(target)  # a crash before the rename below then leaves the old store whole, not its WAL lost
         for suffix in ("-wal", "-shm"):
             target.with_name(target.name + suffix).unlink(missing_ok=True)
         os.replace(new_db, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _checkpoint(store: Path) -> None:
+    """Fold a store's WAL into its file (the caller holds the writer lock), so that removing the WAL loses nothing."""
+    db = sqlite3.connect(str(store))
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.close()
 
 
 def files_of(config: dict[str, Any], base_dir: str) -> dict[str, Path]:
