@@ -22,7 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.base import History, Observation, Problem, Proposal
+from policies.base import History, Observation, PolicyFallbackError, Problem, Proposal, strict_mode
+from policies.bayesian import fused_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class AxPolicy:
         self.options = options or AxPolicy.Options()
         if not problem.objectives:
             raise ValueError("the Ax policy needs at least one objective")
+        if len(problem.objectives) > 1 and fused_kernel.prepare() and strict_mode():
+            raise PolicyFallbackError("ax", fused_kernel.note() or "fused hypervolume kernel unavailable")
         # Ax's names for the parameters and metrics.
         self._levels = list(self.space.levels)
         self._in_ax = [k is None or k > 1 for k in self._levels]  # single-level dims are fixed at 0
@@ -317,6 +320,11 @@ class AxPolicy:
         if len(trials) < n:
             logger.warning("Ax generated %d of %d requested trials", len(trials), n)
         return trials
+
+    def degradations(self) -> list[str]:
+        """Standing reasons this policy runs other than at its best, for the progress line."""
+        note = fused_kernel.note() if len(self.problem.objectives) > 1 else None
+        return [note] if note else []
 
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         if n <= 0:

@@ -43,7 +43,7 @@ from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
 
 from policies.base import Problem
-from policies.bayesian import fast_paths
+from policies.bayesian import fast_paths, fused_kernel
 from policies.bayesian.cached_nei import CachedLogNEI, supports_cached_nei
 from policies.bayesian.models import FittedModel, train_marginals, with_fantasies
 from policies.bayesian.posterior import factorize, gp_marginals_any
@@ -273,6 +273,7 @@ class AcquisitionBuilder:
             weight = float(self.fitted.y_std[outcomes.objective_index[0]])
             return FeasibilityWeighted(ucb, LogProbabilityOfFeasibility(model, analytic_bounds(outcomes)), weight)
         if self.name == "qlognehvi":
+            fused_kernel.prepare()  # once per process; the policy has already reported or refused a failure
             weights = self.fitted.train_X.new_tensor(outcomes.signs)
             ref_point = self.ref_point
             if self.standardize_objectives:  # BoTorch's smoothing temperatures then act on unit-spread objectives, as in Ax

@@ -28,7 +28,7 @@ from threadpoolctl import ThreadpoolController
 
 from policies.base import History, PolicyFallbackError, Problem, Proposal, strict_mode
 from policies.baselines import SobolPolicy
-from policies.bayesian import fast_paths
+from policies.bayesian import fast_paths, fused_kernel
 from policies.bayesian.acquisition import AcquisitionBuilder, Outcomes
 from policies.bayesian.models import (
     FittedModel,
@@ -236,6 +236,8 @@ class BotorchPolicy:
         self.fast_paths = opts.fast_paths and fast_paths.env_enabled()
         if self.strict and self.fast_paths and fast_paths.MISSING:
             raise PolicyFallbackError("botorch", "fast paths " + fast_paths.note(True))
+        if self.outcomes.multi and fused_kernel.prepare() and self.strict:
+            raise PolicyFallbackError("botorch", fused_kernel.note() or "fused hypervolume kernel unavailable")
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
@@ -277,7 +279,8 @@ class BotorchPolicy:
     def degradations(self) -> list[str]:
         """Standing reasons this policy runs other than at its best (fast paths off or missing), for the progress line."""
         note = fast_paths.note(self.options.fast_paths)
-        return [] if note == "on" else [f"fast paths {note}"]
+        kernel = fused_kernel.note() if self.outcomes.multi else None
+        return ([] if note == "on" else [f"fast paths {note}"]) + ([kernel] if kernel else [])
 
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """n proposals (fewer when a pool runs out), avoiding pending trials.
