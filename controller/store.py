@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS trials (
     proposed_at REAL,
     started_at REAL,
     finished_at REAL,
-    completed_seq INTEGER
+    completed_seq INTEGER,
+    finished_seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, time REAL NOT NULL, blob BLOB NOT NULL);
 """
@@ -161,6 +162,25 @@ class TrialRecord:
         return out
 
 
+FINISHED = ("completed", "failed")
+"""The statuses a trial ends in: a writer keeps such trials in its table only, and reads one back for a later event."""
+TRIAL_COLUMNS = ("id, status, attempts, params, x, pool_index, reason, metrics, sem, novelty, pvalue, kept, decision, "
+                 "data_path, worker, error, proposed_at, started_at, finished_at, completed_seq, finished_seq")
+"""The trials table's columns in the order trial_from_row reads them."""
+
+
+def trial_from_row(row: Any) -> TrialRecord:
+    """A TrialRecord from a row of `SELECT TRIAL_COLUMNS FROM trials` (the derived table holds every field)."""
+    (tid, status, attempts, params, x, pool_index, reason, metrics, sem, novelty, pvalue, kept, decision,
+     data_path, worker, error, proposed_at, started_at, finished_at, completed_seq, finished_seq) = row
+    return TrialRecord(
+        id=tid, status=status, params=json.loads(params), x=json.loads(x), attempts=attempts, pool_index=pool_index,
+        reason=json.loads(reason or "{}"), metrics=json.loads(metrics or "{}"), sem=json.loads(sem or "{}"),
+        novelty=novelty, pvalue=pvalue, kept=None if kept is None else bool(kept), decision=decision,
+        data_path=data_path, worker=worker, error=error, proposed_at=proposed_at, started_at=started_at,
+        finished_at=finished_at, completed_seq=completed_seq, finished_seq=finished_seq)
+
+
 def apply_event(trials: dict[int, TrialRecord], trial_id: int, kind: str, attempt: int, t: float,
                 payload: dict[str, Any], seq: int) -> TrialRecord:
     """Fold one journal event into the trial states; the single definition of what events mean."""
@@ -236,6 +256,7 @@ class Store:
         if self.writer:
             self._unique_events()
             self._create_queue()
+            self._add_finished_seq()
         self.data_dir = self.path.with_name(self.path.name + ".data")
         try:
             self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()  # reads the journal's pages: a damage probe
@@ -304,6 +325,20 @@ class Store:
             self.close()
             raise UserError(f"{self.path}: the store is damaged ({exc})") from None
 
+    def _add_finished_seq(self) -> None:
+        """Stores made before the trials table held finished_seq get the column, filled from the journal."""
+        try:
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
+            if "finished_seq" not in columns:
+                self.db.execute("ALTER TABLE trials ADD COLUMN finished_seq INTEGER")
+                self.rebuild_trials_table()
+        except UserError:
+            self.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise UserError(f"{self.path}: the store is damaged ({exc})") from None
+
     def _create_queue(self) -> None:
         try:
             self.db.execute(_QUEUE_SCHEMA)  # stores made before the operator queue get it from their next writer
@@ -343,8 +378,7 @@ class Store:
     # the journal ------------------------------------------------------------------------------
 
     def next_trial_id(self) -> int:
-        trials = self._cache()
-        return max(trials) + 1 if trials else 0
+        return int(self.db.execute("SELECT COALESCE(MAX(trial_id), -1) + 1 FROM events").fetchone()[0])
 
     def new_trial(self, payload: dict[str, Any], queue_id: int | None = None) -> TrialRecord:
         """Journal a new trial 'proposed', its id allocated inside the write transaction.
@@ -401,8 +435,14 @@ class Store:
             "INSERT INTO events (trial_id, kind, attempt, time, payload) VALUES (?, ?, ?, ?, ?)",
             (trial_id, kind, attempt, t, text),
         )
+        if kind != "proposed" and trial_id not in trials:  # a writer keeps finished trials in the table only
+            row = self._table_records("WHERE id=?", (trial_id,))
+            if row:
+                trials[trial_id] = row[0]
         rec = apply_event(trials, trial_id, kind, attempt, t, json.loads(text), cur.lastrowid)
         self._write_trial(rec)
+        if self.writer and rec.status in FINISHED:
+            trials.pop(trial_id, None)
         return rec
 
     def events(self) -> Iterator[tuple[int, int, str, int, float, dict[str, Any]]]:
@@ -435,29 +475,41 @@ class Store:
         return trials
 
     def trials(self) -> list[TrialRecord]:
-        """All trials in id order (from the derived table, which the journal's fold equals)."""
+        """All trials in id order: a reader folds the journal; a writer reads the derived table, which it
+        writes in the transaction of each event, so that it equals the journal's fold."""
+        if self.writer:
+            self._cache()
+            return self._table_records("ORDER BY id")
         return [self._cache()[k] for k in sorted(self._cache())]
 
     def rebuild_trials_table(self) -> None:
         """Recreate the derived table from the journal (e.g. after a schema change)."""
-        self._trials = self.replay()
+        folded = self.replay()
         with self._transaction():
             self.db.execute("DELETE FROM trials")
-            for rec in self._trials.values():
+            for rec in folded.values():
                 self._write_trial(rec)
+        self._trials = None
 
     def _cache(self) -> dict[int, TrialRecord]:
+        """The trials events are folded into: every trial for a reader; for a writer only the unfinished ones
+        (a daemon's memory stays flat over its run; a finished trial that gets an event is read back)."""
         if self._trials is None:
-            self._trials = self.replay()
+            folded = self.replay()
+            self._trials = {k: r for k, r in folded.items() if r.status not in FINISHED} if self.writer else folded
         return self._trials
+
+    def _table_records(self, where: str, args: tuple = ()) -> list[TrialRecord]:
+        """Trials from the derived table, e.g. `_table_records("WHERE id=?", (3,))`."""
+        return [trial_from_row(row) for row in self.db.execute(f"SELECT {TRIAL_COLUMNS} FROM trials {where}", args)]
 
     def _write_trial(self, r: TrialRecord) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO trials ({TRIAL_COLUMNS}) VALUES ({','.join('?' * 21)})",
             (r.id, r.status, r.attempts, json.dumps(r.params, default=_json_default), json.dumps(r.x),
              r.pool_index, json.dumps(r.reason, default=_json_default), json.dumps(r.metrics), json.dumps(r.sem),
              r.novelty, r.pvalue, None if r.kept is None else int(r.kept), r.decision, r.data_path,
-             r.worker, r.error, r.proposed_at, r.started_at, r.finished_at, r.completed_seq),
+             r.worker, r.error, r.proposed_at, r.started_at, r.finished_at, r.completed_seq, r.finished_seq),
         )
 
     def trials_table(self) -> list[dict[str, Any]]:

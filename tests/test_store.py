@@ -91,3 +91,41 @@ def test_opening_something_else_is_a_user_error(tmp_path: Path):
     (tmp_path / "junk.db").write_text("not sqlite at all" * 100)
     with pytest.raises(UserError, match="not an aec store"):
         Store(tmp_path / "junk.db")
+
+
+def test_a_writer_holds_only_unfinished_trials_in_memory_and_reads_a_finished_one_back_for_a_late_event(tmp_path: Path):
+    store = Store(tmp_path / "s.db", create=True)
+    _fill(store)
+    for tid in range(3, 200):
+        store.append(tid, "proposed", 1, {"params": {"x": tid / 200}, "x": [tid / 200]})
+        store.append(tid, "started", 1, {})
+        store.append(tid, "completed", 1, {"metrics": {"y": float(tid)}, "sem": {"y": 0.1}, "novelty": 0.5,
+                                           "kept": tid % 2 == 0, "decision": "novel"})
+    assert sorted(store._cache()) == [2]  # a daemon's memory does not grow with the trials it has finished
+    store.append(1, "started", 3, {})  # an event for a finished (failed) trial: read back from the table
+    assert sorted(store._cache()) == [1, 2]
+    store.append(1, "completed", 3, {"metrics": {"y": 0.5}})
+    assert sorted(store._cache()) == [2]
+    reader = Store(tmp_path / "s.db")
+    assert store.trials() == sorted(reader.replay().values(), key=lambda r: r.id)  # every field equals the fold
+    assert store.trials()[1].attempts == 3 and store.trials()[1].metrics == {"y": 0.5}
+    assert store.next_trial_id() == 200
+    reader.close()
+    store.close()
+
+
+def test_a_store_from_before_the_finished_seq_column_gets_it_from_the_journal(tmp_path: Path):
+    import sqlite3
+
+    store = Store(tmp_path / "s.db", create=True)
+    _fill(store)
+    folded = store.trials()
+    store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("ALTER TABLE trials DROP COLUMN finished_seq")  # the table as aec wrote it before
+    db.commit()
+    db.close()
+    assert Store(tmp_path / "s.db").trials() == folded  # a reader folds the journal
+    writer = Store(tmp_path / "s.db", writer=True)
+    assert writer.trials() == folded and [r.finished_seq for r in folded] == [3, 8, None]
+    writer.close()

@@ -5,33 +5,17 @@ block the writer), so the API answers from what is journaled without touching th
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from controller.results import best_trial, feasible, pareto_summary
-from controller.store import Store, TrialRecord
+from controller.store import TRIAL_COLUMNS, Store, TrialRecord, trial_from_row
 from policies.base import Objective, OutcomeConstraint
-
-_COLUMNS = ("id, status, attempts, params, x, pool_index, reason, metrics, sem, novelty, pvalue, kept, decision, "
-            "data_path, worker, error, proposed_at, started_at, finished_at, completed_seq")
-
-
-def _record(row: Sequence[Any]) -> TrialRecord:
-    (tid, status, attempts, params, x, pool_index, reason, metrics, sem, novelty, pvalue, kept, decision,
-     data_path, worker, error, proposed_at, started_at, finished_at, completed_seq) = row
-    return TrialRecord(
-        id=tid, status=status, params=json.loads(params), x=json.loads(x), attempts=attempts, pool_index=pool_index,
-        reason=json.loads(reason or "{}"), metrics=json.loads(metrics or "{}"), sem=json.loads(sem or "{}"),
-        novelty=novelty, pvalue=pvalue, kept=None if kept is None else bool(kept), decision=decision,
-        data_path=data_path, worker=worker, error=error, proposed_at=proposed_at, started_at=started_at,
-        finished_at=finished_at, completed_seq=completed_seq)
-
 
 READ_INDEXES = ("CREATE INDEX IF NOT EXISTS trials_status ON trials (status)",
                 "CREATE INDEX IF NOT EXISTS trials_completed_seq ON trials (completed_seq)")
@@ -93,12 +77,12 @@ class StoreView:
             return self._fallbacks
 
     def trials(self, since: int, limit: int) -> list[TrialRecord]:
-        return [_record(r) for r in self._rows(f"SELECT {_COLUMNS} FROM trials WHERE id > ? ORDER BY id LIMIT ?",
+        return [trial_from_row(r) for r in self._rows(f"SELECT {TRIAL_COLUMNS} FROM trials WHERE id > ? ORDER BY id LIMIT ?",
                                                (since, limit))]
 
     def trial(self, trial_id: int) -> TrialRecord | None:
-        rows = self._rows(f"SELECT {_COLUMNS} FROM trials WHERE id = ?", (trial_id,))
-        return _record(rows[0]) if rows else None
+        rows = self._rows(f"SELECT {TRIAL_COLUMNS} FROM trials WHERE id = ?", (trial_id,))
+        return trial_from_row(rows[0]) if rows else None
 
     def store_bytes(self) -> int:
         total = 0
@@ -111,8 +95,8 @@ class StoreView:
 
     def optimum(self) -> tuple[TrialRecord | None, list[TrialRecord], float | None]:
         """(best trial for one objective, Pareto set and hypervolume for several), folding in new completions."""
-        new = [_record(r) for r in self._rows(
-            f"SELECT {_COLUMNS} FROM trials WHERE completed_seq > ? ORDER BY completed_seq",  # set once, when completed
+        new = [trial_from_row(r) for r in self._rows(
+            f"SELECT {TRIAL_COLUMNS} FROM trials WHERE completed_seq > ? ORDER BY completed_seq",  # set once, when completed
             (self._seen_seq,))]
         with self._lock:
             new = [r for r in new if (r.completed_seq or 0) > self._seen_seq]
