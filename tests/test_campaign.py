@@ -206,12 +206,14 @@ def test_warm_up_never_writes_past_budget_bytes():
 
 
 class _SlowSecondProposal:
-    """Wraps a policy: its second call sleeps `seconds` (a slow GP fit), recording when it ran."""
+    """Wraps a policy: its `slow_call`-th call (the second by default) sleeps `seconds` (a slow GP fit), recording
+    when it ran."""
 
-    def __init__(self, inner, seconds: float, fail: Exception | None = None):
+    def __init__(self, inner, seconds: float, fail: Exception | None = None, slow_call: int = 2):
         import threading
 
         self.inner, self.seconds, self.fail, self.calls, self.slow = inner, seconds, fail, 0, None
+        self.slow_call = slow_call
         self.threads: set[str] = set()
         self._threading = threading
 
@@ -220,7 +222,7 @@ class _SlowSecondProposal:
 
         self.calls += 1
         self.threads.add(self._threading.current_thread().name)
-        if self.calls == 2:
+        if self.calls == self.slow_call:
             t0 = time.monotonic()
             time.sleep(self.seconds)
             self.slow = (t0, time.monotonic())
@@ -241,7 +243,7 @@ def test_with_several_workers_results_are_collected_and_workers_refilled_while_a
     monkeypatch.setenv("AEC_TEST_SLEEP", "0.2")
     path = write_campaign("bg", target="fns:slow", trials=24, executor={"workers": 4, "lookahead": 8})
     c = Campaign(load_config(path), reporter=SilentReporter())
-    c.policy = slow = _SlowSecondProposal(c.policy, seconds=3.0)
+    c.policy = slow = _SlowSecondProposal(c.policy, seconds=3.0, slow_call=4)
     events = _observed(c)
     summary = c.run()
     recs = c.store.trials()
@@ -250,9 +252,9 @@ def test_with_several_workers_results_are_collected_and_workers_refilled_while_a
     assert slow.threads == {"aec-proposer"}  # never on the loop's thread
     t0, t1 = slow.slow
     during = [(e, f) for e, t, f in events if t0 < t < t1]
-    # The first call asked for 4 + 8 proposals; while the second (slow) one ran, the loop went on collecting
-    # results and submitting the proposals queued ahead: with the policy on the loop's thread nothing
-    # completes or starts until the proposal returns.
+    # The first three calls filled the 4 workers and the 8 proposals of lookahead (PROPOSER_CHUNK at a time);
+    # while the fourth (slow) one ran, the loop went on collecting results and submitting the proposals queued
+    # ahead: with the policy on the loop's thread nothing completes or starts until the proposal returns.
     assert sum(e == "completed" for e, _ in during) >= 2, during
     assert sum(e == "started" for e, _ in during) >= 1, during
     # every trial was journaled 'proposed' before its attempt started (the journal's order)
