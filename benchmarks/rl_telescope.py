@@ -32,6 +32,7 @@ from policies.rl.agent import network_from  # noqa: E402
 from policies.rl.env import TelescopeEnv  # noqa: E402
 from policies.rl.evaluate import run_nights  # noqa: E402
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer  # noqa: E402
+from policies.rl.values import known_values, near_best  # noqa: E402
 from simulators.telescope import TelescopeSimulator  # noqa: E402
 
 
@@ -40,13 +41,17 @@ def held_out(options: dict[str, Any], nights: int, seed: int) -> TelescopeEnv:
     return TelescopeEnv(sim, list(range(nights)))
 
 
-def compare(payload: dict[str, Any], nights: int, seed: int) -> dict[str, Any]:
-    """Every policy over the same held-out nights (rebuilt from the seed before each one)."""
+def compare(payload: dict[str, Any], nights: int, seed: int, floors: list[float] = ()) -> dict[str, Any]:
+    """Every policy over the same held-out nights (rebuilt from the seed before each one); `rl@F` is the agent
+    choosing only among targets worth at least F x the best known value of the state (RLPolicy's `floor`)."""
     options = dict(payload["config"]["simulator"])
     net = network_from(payload)
     env = held_out(options, nights, seed)
-    scorers = {"rl": q_scorer(net), "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
+    q = q_scorer(net)
+    scorers = {"rl": q, "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
                "random": random_scorer(seed)}
+    for floor in floors:
+        scorers[f"rl@{floor:g}"] = lambda obs, f=floor: near_best(q(obs), known_values(env, obs), f)
     out = {}
     for name, scorer in scorers.items():
         env.reseed(seed)
@@ -134,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=101, help="weather and transient seed of the held-out nights")
     p.add_argument("--bayesian-trials", type=int, default=0, help="also run the BoTorch policy for this many decisions")
     p.add_argument("--bayesian-nights", type=int, default=2)
+    p.add_argument("--floor", type=float, nargs="*", default=[],
+                   help="also run the agent with these floors (rl@F: only targets worth >= F x the best known value)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"steps": payload.get("steps"), "episodes": payload.get("episode"),
                      "seconds": payload.get("seconds"), "train": payload["config"].get("train"),
                      "simulator": payload["config"]["simulator"]},
-        "policies": compare(payload, args.nights, args.seed),
+        "policies": compare(payload, args.nights, args.seed, args.floor),
     }
     result["paired"] = {"against": "rl", "differences": paired(result["policies"])}
     if args.bayesian_trials > 0:

@@ -10,7 +10,8 @@ import torch
 from policies.rl import checkpoint as ckpt
 from policies.rl.agent import DQNAgent, OnlineTrainer, TrainOptions, network_from
 from policies.rl.env import ENCODED, ENCODING, PRIOR, TelescopeEnv
-from policies.rl.evaluate import best_value, fair_values, known_reward, run_nights
+from policies.rl.evaluate import run_nights
+from policies.rl.values import best_value, fair_values, known_reward, known_values, near_best
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer
 from simulators import SimulatorError
 from simulators.telescope import TelescopeSimulator
@@ -225,3 +226,19 @@ def test_night_scores_split_the_reward_by_source_and_the_fair_fraction_is_one_fo
     env.reseed(11)
     best = run_nights(env, fair_argmax)
     assert best.fraction_of_max_reward_fair == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("floor", [0.8, 0.95])
+def test_a_floor_keeps_every_step_within_that_fraction_of_the_best_known_value(floor):
+    """near_best masks every target worth less than floor x the state's best known value, so the fair per-step
+    fraction is at least `floor` by construction, whatever the scorer (here random, which alone reaches ~70%)."""
+    env = TelescopeEnv.build({**TINY, "dtype": "float64"}, nights=2, seed=13)
+    alone = run_nights(env, random_scorer(5))
+    env.reseed(13)
+    rand = random_scorer(5)
+    held = run_nights(env, lambda obs: near_best(rand(obs), known_values(env, obs), floor))
+    assert alone.fraction_of_max_reward_fair < floor
+    assert held.fraction_of_max_reward_fair >= floor - 1e-9
+    values = torch.tensor([[4.0, 3.7, 1.0, -math.inf], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    masked = near_best(torch.zeros(2, 4, dtype=torch.float64), values, 0.9)
+    assert torch.isfinite(masked).tolist() == [[True, True, False, False], [True, True, True, True]]

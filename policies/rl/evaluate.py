@@ -20,6 +20,7 @@ import torch
 from policies.rl.env import TelescopeEnv
 from policies.rl.network import masked_argmax
 from policies.rl.scorers import Scorer
+from policies.rl.values import best_value, fair_values, known_reward, overhead_seconds
 from simulators.telescope.batch import REWARD_SOURCES
 
 
@@ -45,24 +46,6 @@ class NightScore:
         return asdict(self)
 
 
-def known_reward(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The part of a target's reward a scheduler can know of before looking: depth plus new epochs of
-    transients it has already detected (first detections are a surprise until the image is taken)."""
-    return parts["depth"] + parts["transient_repeat"]
-
-
-def fair_values(reward: torch.Tensor, overhead: torch.Tensor, exposure: float, allowed: torch.Tensor) -> torch.Tensor:
-    """Per target (..., N): `reward` per exposure-length of telescope time, reward * exposure / (overhead +
-    exposure), overhead (s) being slew, settle and readout before the exposure starts; -inf where not allowed."""
-    value = reward * (exposure / (overhead.clamp(min=0.0) + exposure))
-    return value.masked_fill(~allowed, -torch.inf)
-
-
-def best_value(values: torch.Tensor) -> torch.Tensor:
-    """The best allowed target's value per state (...,): at least 0 (a closed dome or nothing allowed offers 0)."""
-    return values.max(-1).values.clamp(min=0.0)
-
-
 def run_nights(env: TelescopeEnv, scorer: Scorer) -> NightScore:
     """Schedule every night of `env` from evening to morning with `scorer` and measure it (module docstring)."""
     b = env.batch
@@ -79,8 +62,7 @@ def run_nights(env: TelescopeEnv, scorer: Scorer) -> NightScore:
         keep = lambda v: torch.where(live, v, torch.zeros_like(v))  # noqa: E731
         parts = b.preview_parts(obs.plan)
         best += keep(best_value(parts["reward"]))
-        overhead = (obs.plan.start - b.now.view(-1, 1)) * 86400.0
-        fair = fair_values(known_reward(parts), overhead, env.sim.exposure, obs.plan.allowed)
+        fair = fair_values(known_reward(parts), overhead_seconds(env, obs), env.sim.exposure, obs.plan.allowed)
         best_fair += keep(best_value(fair))
         t0 = time.perf_counter()
         action = masked_argmax(scorer(obs), obs.mask)
