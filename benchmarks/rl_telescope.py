@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=101, help="weather and transient seed of the held-out nights")
     p.add_argument("--bayesian-trials", type=int, default=0, help="also run the BoTorch policy for this many decisions")
     p.add_argument("--bayesian-nights", type=int, default=2)
-    p.add_argument("--floor", type=float, nargs="*", default=[],
-                   help="also run the agent with these floors (rl@F: only targets worth >= F x the best known value)")
+    p.add_argument("--floor", type=float, nargs="*", default=[0.9],
+                   help="also run the agent with these floors (rl@F: only targets worth >= F x the best known value; "
+                   "0.9 is the rl policy's default; 'rl' alone is the agent without one)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
