@@ -37,7 +37,7 @@ from policies.bayesian.posterior import MAX_CHOLESKY, marginal_posterior
 
 __all__ = [
     "FittedModel", "HyperparameterCache", "ModelFitError", "ModelSettings", "TrainingData",
-    "build_model", "fit_model", "marginal_posterior", "select_subset", "train_marginals", "with_fantasies",
+    "build_model", "fit_model", "marginal_posterior", "select_subset", "single_gp", "train_marginals", "with_fantasies",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def select_subset(X: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
 # building and fitting
 
 
-def _single_gp(
+def single_gp(
     X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None, cat_dims: tuple[int, ...], scale: Standardize | None = None
 ) -> Model:
     """One GP over m outputs that share the inputs X (n x d); Y (n x m), Yvar (n x m) or None.
@@ -188,12 +188,12 @@ def build_model(
     if Yvar is not None:
         Yvar = np.maximum(Yvar, 1e-6 * np.nanvar(Y, axis=0, keepdims=True) + 1e-12)
     if finite.all():
-        return _single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims, scales[0] if scales else None)
+        return single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims, scales[0] if scales else None)
     models = []
     for j in range(Y.shape[1]):
         ok = finite[:, j]
         yv = None if Yvar is None else t(Yvar[ok, j : j + 1])
-        models.append(_single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims, scales[j] if scales else None))
+        models.append(single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims, scales[j] if scales else None))
     return ModelListGP(*models)
 
 

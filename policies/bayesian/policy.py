@@ -35,9 +35,9 @@ from policies.bayesian.models import (
     HyperparameterCache,
     ModelSettings,
     TrainingData,
-    _single_gp,
     fit_model,
     marginal_posterior,
+    single_gp,
 )
 from policies.bayesian.route import TravelCost, order_route
 from policies.bayesian.pool_search import search_pool
@@ -272,7 +272,7 @@ class BotorchPolicy:
         the first model proposal, which idle workers may be waiting for. Builds a 3-point GP; changes no state."""
         s = self.model_settings
         X = torch.linspace(0, 1, 3 * self.space.dim, dtype=s.dtype, device=s.device).reshape(3, self.space.dim)
-        model = _single_gp(X, X.sum(-1, keepdim=True), None, ())
+        model = single_gp(X, X.sum(-1, keepdim=True), None, ())
         with torch.no_grad():
             model.posterior(X[:1]).mean.sum().item()
 
