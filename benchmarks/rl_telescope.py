@@ -1,7 +1,8 @@
 """The RL telescope scheduler against its baselines on held-out simulated nights.
 
-Per policy (rl: the trained Q-network; greedy: highest expected immediate reward; feature: the Rubin-like
-weighted sum; random): fraction of the maximum achievable reward per step, twice (policies/rl/evaluate.py):
+Per policy (rl: the trained Q-network as `policy: {kind: rl}` schedules by default, among the targets worth at
+least its `floor` of the best known value; rl@0: the network alone; greedy: highest expected immediate reward;
+feature: the Rubin-like weighted sum; random): fraction of the maximum achievable reward per step, twice (policies/rl/evaluate.py):
 oracle (the reward summed over every step divided by the best allowed target's full reward, undetected
 transients included, summed over the same states, Terranova et al. 2023) and fair (what a scheduler can
 know before looking, per exposure-length of telescope time, slews included); total reward per night and
@@ -32,7 +33,10 @@ from policies.rl.agent import network_from  # noqa: E402
 from policies.rl.env import TelescopeEnv  # noqa: E402
 from policies.rl.evaluate import run_nights  # noqa: E402
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer  # noqa: E402
+from policies.rl.policy import RLPolicy  # noqa: E402
 from policies.rl.values import known_values, near_best  # noqa: E402
+
+DEFAULT_FLOOR = RLPolicy.Options.model_fields["floor"].default
 from simulators.telescope import TelescopeSimulator  # noqa: E402
 
 
@@ -42,16 +46,22 @@ def held_out(options: dict[str, Any], nights: int, seed: int) -> TelescopeEnv:
 
 
 def compare(payload: dict[str, Any], nights: int, seed: int, floors: list[float] = ()) -> dict[str, Any]:
-    """Every policy over the same held-out nights (rebuilt from the seed before each one); `rl@F` is the agent
-    choosing only among targets worth at least F x the best known value of the state (RLPolicy's `floor`)."""
+    """Every policy over the same held-out nights (rebuilt from the seed before each one). `rl` is the agent as
+    `policy: {kind: rl}` schedules by default (its floor, DEFAULT_FLOOR); `rl@F` the agent with floor F, choosing
+    only among targets worth at least F x the best known value of the state (`rl@0`: the agent alone)."""
     options = dict(payload["config"]["simulator"])
     net = network_from(payload)
     env = held_out(options, nights, seed)
     q = q_scorer(net)
-    scorers = {"rl": q, "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
+
+    def floored(f: float):
+        return lambda obs: near_best(q(obs), known_values(env, obs), f)
+
+    scorers = {"rl": floored(DEFAULT_FLOOR), "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
                "random": random_scorer(seed)}
-    for floor in floors:
-        scorers[f"rl@{floor:g}"] = lambda obs, f=floor: near_best(q(obs), known_values(env, obs), f)
+    for floor in dict.fromkeys([0.0, *floors]):
+        if floor != DEFAULT_FLOOR:
+            scorers[f"rl@{floor:g}"] = floored(floor)
     out = {}
     for name, scorer in scorers.items():
         env.reseed(seed)
@@ -139,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=101, help="weather and transient seed of the held-out nights")
     p.add_argument("--bayesian-trials", type=int, default=0, help="also run the BoTorch policy for this many decisions")
     p.add_argument("--bayesian-nights", type=int, default=2)
-    p.add_argument("--floor", type=float, nargs="*", default=[0.9],
-                   help="also run the agent with these floors (rl@F: only targets worth >= F x the best known value; "
-                   "0.9 is the rl policy's default; 'rl' alone is the agent without one)")
+    p.add_argument("--floor", type=float, nargs="*", default=[],
+                   help="also run the agent with these floors (rl@F: only targets worth >= F x the best known value); "
+                   "'rl' is the policy's default floor, 'rl@0' the agent without one, both always run")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
