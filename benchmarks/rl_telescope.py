@@ -34,10 +34,10 @@ from policies.rl.env import TelescopeEnv  # noqa: E402
 from policies.rl.evaluate import run_nights  # noqa: E402
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer  # noqa: E402
 from policies.rl.policy import RLPolicy  # noqa: E402
-from policies.rl.values import known_values, near_best  # noqa: E402
+from policies.rl.values import floored  # noqa: E402
+from simulators.telescope import TelescopeSimulator  # noqa: E402
 
 DEFAULT_FLOOR = RLPolicy.Options.model_fields["floor"].default
-from simulators.telescope import TelescopeSimulator  # noqa: E402
 
 
 def held_out(options: dict[str, Any], nights: int, seed: int) -> TelescopeEnv:
@@ -53,15 +53,11 @@ def compare(payload: dict[str, Any], nights: int, seed: int, floors: list[float]
     net = network_from(payload)
     env = held_out(options, nights, seed)
     q = q_scorer(net)
-
-    def floored(f: float):
-        return lambda obs: near_best(q(obs), known_values(env, obs), f)
-
-    scorers = {"rl": floored(DEFAULT_FLOOR), "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
+    scorers = {"rl": floored(q, env, DEFAULT_FLOOR), "greedy": greedy_scorer(env.sim), "feature": feature_scorer(env.sim),
                "random": random_scorer(seed)}
     for floor in dict.fromkeys([0.0, *floors]):
         if floor != DEFAULT_FLOOR:
-            scorers[f"rl@{floor:g}"] = floored(floor)
+            scorers[f"rl@{floor:g}"] = floored(q, env, floor)
     out = {}
     for name, scorer in scorers.items():
         env.reseed(seed)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.base import History, Observation, PolicyFallbackError, Problem, Proposal, strict_mode
+from policies.base import History, Observation, Problem, Proposal, strict_mode
 from policies.bayesian import fused_kernel
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ class AxPolicy:
         self.options = options or AxPolicy.Options()
         if not problem.objectives:
             raise ValueError("the Ax policy needs at least one objective")
-        if len(problem.objectives) > 1 and fused_kernel.prepare() and strict_mode():
-            raise PolicyFallbackError("ax", fused_kernel.note() or "fused hypervolume kernel unavailable")
+        if len(problem.objectives) > 1:
+            fused_kernel.prepare_for("ax", strict_mode())
         # Ax's names for the parameters and metrics.
         self._levels = list(self.space.levels)
         self._in_ax = [k is None or k > 1 for k in self._levels]  # single-level dims are fixed at 0

@@ -11,7 +11,7 @@ from policies.rl import checkpoint as ckpt
 from policies.rl.agent import DQNAgent, OnlineTrainer, TrainOptions, network_from
 from policies.rl.env import ENCODED, ENCODING, PRIOR, TelescopeEnv
 from policies.rl.evaluate import run_nights
-from policies.rl.values import best_value, fair_values, known_reward, known_values, near_best
+from policies.rl.values import best_value, fair_values, floored, known_reward, near_best
 from policies.rl.scorers import feature_scorer, greedy_scorer, q_scorer, random_scorer
 from simulators import SimulatorError
 from simulators.telescope import TelescopeSimulator
@@ -236,7 +236,7 @@ def test_a_floor_keeps_every_step_within_that_fraction_of_the_best_known_value(f
     alone = run_nights(env, random_scorer(5))
     env.reseed(13)
     rand = random_scorer(5)
-    held = run_nights(env, lambda obs: near_best(rand(obs), known_values(env, obs), floor))
+    held = run_nights(env, floored(rand, env, floor))
     assert alone.fraction_of_max_reward_fair < floor
     assert held.fraction_of_max_reward_fair >= floor - 1e-9
     values = torch.tensor([[4.0, 3.7, 1.0, -math.inf], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)

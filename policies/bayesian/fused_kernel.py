@@ -27,6 +27,8 @@ import botorch
 import torch
 from botorch.acquisition.multi_objective import logei as botorch_logei
 
+from policies.base import PolicyFallbackError
+
 logger = logging.getLogger(__name__)
 
 NAME = "logei_fused_ext"
@@ -133,6 +135,12 @@ def prepare(wait_s: float = WAIT_S) -> str | None:
                     logger.warning("BoTorch's fused hypervolume kernel is not available (%s); its pure-PyTorch path "
                                    "(slower) is used", _outcome[1])
         return _outcome[1]
+
+
+def prepare_for(policy: str, strict: bool) -> None:
+    """prepare() for a multi-objective policy; in strict mode a kernel that cannot run is PolicyFallbackError."""
+    if prepare() and strict:
+        raise PolicyFallbackError(policy, note() or "fused hypervolume kernel unavailable")
 
 
 def note() -> str | None:

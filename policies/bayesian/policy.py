@@ -236,8 +236,8 @@ class BotorchPolicy:
         self.fast_paths = opts.fast_paths and fast_paths.env_enabled()
         if self.strict and self.fast_paths and fast_paths.MISSING:
             raise PolicyFallbackError("botorch", "fast paths " + fast_paths.note(True))
-        if self.outcomes.multi and fused_kernel.prepare() and self.strict:
-            raise PolicyFallbackError("botorch", fused_kernel.note() or "fused hypervolume kernel unavailable")
+        if self.outcomes.multi:
+            fused_kernel.prepare_for("botorch", self.strict)
         self.model_settings = ModelSettings(
             fit_max=opts.fit_max, condition_max=max(opts.condition_max, opts.fit_max), refit_every=opts.refit_every,
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,

@@ -17,7 +17,7 @@ from policies.rl import checkpoint as ckpt
 from policies.rl.agent import TrainOptions, network_from
 from policies.rl.env import Observation, TelescopeEnv
 from policies.rl.scorers import FEATURE_WEIGHTS, Scorer, feature_scorer, greedy_scorer, q_scorer
-from policies.rl.values import known_values, near_best
+from policies.rl.values import floored
 from simulators import SimulatorError
 from simulators.telescope import TelescopeSimulator
 
@@ -85,15 +85,13 @@ class TelescopeScheduler:
 
     def propose(self, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         env = self.env(history, pending)
+        scorer = floored(self.scorer, env, self.floor)
         out: list[Proposal] = []
         for _ in range(n):
             obs = env.observe()
             if not bool(obs.mask.any()):
                 break
-            scores = self.scorer(obs)
-            if self.floor > 0.0:
-                scores = near_best(scores, known_values(env, obs), self.floor)
-            scores = scores[0]
+            scores = scorer(obs)[0]
             top = torch.topk(scores, k=min(2, max(1, int(torch.isfinite(scores).sum())))).indices.tolist()
             row = int(top[0])
             out.append(Proposal(x=self.pool[row], pool_index=row,

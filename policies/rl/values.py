@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from policies.rl.env import Observation, TelescopeEnv
+from policies.rl.scorers import Scorer
 
 
 def known_reward(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -35,6 +36,13 @@ def known_values(env: TelescopeEnv, obs: Observation) -> torch.Tensor:
     """fair_values of every target of `obs` (B x N; -inf where not allowed)."""
     parts = env.batch.preview_parts(obs.plan)
     return fair_values(known_reward(parts), overhead_seconds(env, obs), env.sim.exposure, obs.plan.allowed)
+
+
+def floored(scorer: Scorer, env: TelescopeEnv, floor: float) -> Scorer:
+    """`scorer` restricted by near_best to the targets of `env` worth at least `floor` of the best (itself at 0)."""
+    if floor <= 0.0:
+        return scorer
+    return lambda obs: near_best(scorer(obs), known_values(env, obs), floor)
 
 
 def near_best(scores: torch.Tensor, values: torch.Tensor, floor: float) -> torch.Tensor:
