@@ -55,6 +55,7 @@ class CampaignSummary:
     figures: list[str] = field(default_factory=list)
     fallbacks: dict[str, Any] = field(default_factory=lambda: {"count": 0, "reasons": []})
     degraded: list[str] = field(default_factory=list)  # standing degradations, e.g. the policy's fast paths off
+    workers: dict[str, Any] | None = None  # this run's workers: utilisation and time waited for the policy
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -469,6 +470,7 @@ class Campaign:
                             prop.reason["computed_ahead"] = {"history": len(history), "pending": len(pending) + len(ready)}
                             ready.append(prop)
                 wait = 0.01 if proposer is not None and (proposer.busy or (ready and executor.free_slots())) else 0.25
+                self._note_policy_wait(executor, ready, backlog, completed)
                 for result in executor.completed(timeout=wait):
                     outcome, rec = self._handle(result, history, pending)
                     if outcome == "retry":
@@ -483,11 +485,14 @@ class Campaign:
                         failed += 1
                     self._save_elapsed(t0)
                     self.reporter.update(completed, failed, best, self._progress_note(front_note), fallbacks=self.fallbacks.count)
+                self._note_policy_wait(executor, ready, backlog, completed)
             clean = True
         finally:
             if proposer is not None:
                 proposer.close()
             if executor is not None:
+                executor.utilisation.waiting_for_policy(time.time(), 0)
+                self._workers = {**executor.utilisation.to_json(), "lookahead": cfg.executor.lookahead}
                 self._wind_down(executor, history, pending, graceful=clean and not self._abandon.is_set())
             self._save_elapsed(t0)
             for sig, h in old_handlers.items():
@@ -503,6 +508,17 @@ class Campaign:
         if self._fatal is not None:
             raise self._fatal
         return self.summary(stopped or "budget reached", time.time() - t0)
+
+    def _note_policy_wait(self, executor, ready: list[Proposal], backlog: list[Trial], completed: int) -> None:
+        """Count the free workers that have nothing to measure because no proposal is ready (none while a retry
+        waits its backoff, the run stops or pauses, or the budget is all in flight)."""
+        idle = 0
+        if not ready and not backlog and not self._stop.is_set() and not self._paused.is_set():
+            idle = executor.free_slots()
+            total = self.config.budget.trials
+            if total is not None:
+                idle = min(idle, max(0, total - completed - len(executor.running())))
+        executor.utilisation.waiting_for_policy(time.time(), idle)
 
     def _start_proposer(self) -> _Proposer:
         """The background proposer of this run; one left computing by an earlier run() finishes first, so that
@@ -872,6 +888,7 @@ class Campaign:
             completed=sum(r.status == "completed" for r in records),
             failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
             fallbacks=self._fallback_tally(records).to_json(), degraded=self.degradations(),
+            workers=getattr(self, "_workers", None),
         )
         if len(self.objectives) == 1:
             best = best_trial(records, self.objectives[0], self.constraints)

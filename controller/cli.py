@@ -300,6 +300,20 @@ def _warn_fallbacks(fallbacks: dict[str, Any], trials: int, store: str) -> None:
               f"`aec show {store}` lists them", file=sys.stderr)
 
 
+POLICY_WAIT_HINT = 0.05
+"""Above this fraction of the workers' time spent waiting for proposals, the summary suggests more lookahead."""
+
+
+def workers_line(workers: dict[str, Any]) -> str:
+    """'8 busy 90.7% of 4.4 s; 1.2 worker-s (3.4%) waiting for the policy', with a hint when that is large."""
+    line = (f"{workers['workers']} busy {workers['utilisation']:.1%} of {workers['span_s']:.1f} s; "
+            f"{workers['waited_for_policy_s']:.1f} worker-s ({workers['waited_for_policy']:.1%}) waiting for the policy")
+    if workers["waited_for_policy"] > POLICY_WAIT_HINT:
+        line += (f"; a larger executor.lookahead (now {workers['lookahead']}) lets the policy work further ahead "
+                 "(staler proposals: benchmarks/README.md, Ray scaling)")
+    return line
+
+
 def _print_summary(summary, campaign, console=None) -> None:
     from rich.table import Table
 
@@ -316,6 +330,9 @@ def _print_summary(summary, campaign, console=None) -> None:
     _fallback_rows(table, summary.fallbacks)
     for line in getattr(summary, "degraded", []):
         table.add_row("degraded", line)
+    workers = getattr(summary, "workers", None)
+    if workers and workers["workers"] > 1 and workers["span_s"] > 0:
+        table.add_row("workers", workers_line(workers))
     warned = getattr(summary, "library_warnings", 0)
     if warned:
         table.add_row("library warnings", f"{warned} (`--verbose` shows them)")

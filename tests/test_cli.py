@@ -189,6 +189,22 @@ def test_multi_objective_summary_shows_the_pareto_table():
     assert len(rows) == 2 and "7" in rows[0] and "3" in rows[1]  # best first objective first
 
 
+@pytest.mark.parametrize("waited, hint", [(0.12, True), (0.01, False)])
+def test_summary_says_how_long_the_workers_waited_for_the_policy_and_suggests_lookahead_when_long(waited, hint):
+    from rich.console import Console
+
+    workers = {"workers": 8, "measured": 64, "busy_s": 29.0, "span_s": 4.4, "utilisation": 0.82,
+               "waited_for_policy_s": waited * 8 * 4.4, "waited_for_policy": waited, "lookahead": 8}
+    summary = SimpleNamespace(name="w", stopped="budget reached", completed=64, failed=0, best=None, pareto=[],
+                              hypervolume=None, fallbacks={"count": 0, "reasons": []}, store="s.db", figures=[],
+                              library_warnings=0, workers=workers)
+    console = Console(file=io.StringIO(), width=400)
+    _print_summary(summary, SimpleNamespace(objectives=[SimpleNamespace(metric="y")]), console)
+    text = console.file.getvalue()
+    assert f"8 busy 82.0% of 4.4 s; {waited * 8 * 4.4:.1f} worker-s ({waited:.1%}) waiting for the policy" in text
+    assert ("a larger executor.lookahead (now 8)" in text) is hint
+
+
 # 7. errors, never tracebacks ---------------------------------------------------------------------
 
 

@@ -76,6 +76,7 @@ class Utilisation:
     """Time the workers spent measuring over workers x the span from the first submit to the last result.
 
     1 - `fraction` is the workers' idle fraction: waiting for the policy, for the controller, or for Ray.
+    `policy_wait` is the part the campaign saw: worker-seconds a worker was free with nothing to measure.
     """
 
     workers: int
@@ -83,6 +84,15 @@ class Utilisation:
     first: float | None = None
     last: float | None = None
     measured: int = 0
+    policy_wait: float = 0.0
+    _idle: int = 0
+    _since: float | None = None
+
+    def waiting_for_policy(self, now: float, idle: int) -> None:
+        """From `now` on, `idle` free workers have nothing to measure until the policy answers (0: none)."""
+        if self._since is not None:
+            self.policy_wait += self._idle * max(0.0, now - self._since)
+        self._idle, self._since = idle, now
 
     def submitted(self, t: float) -> None:
         if self.first is None:
@@ -102,8 +112,10 @@ class Utilisation:
         return self.busy / (self.workers * self.span) if self.span > 0 else 0.0
 
     def to_json(self) -> dict[str, float]:
+        waited = self.policy_wait / (self.workers * self.span) if self.span > 0 else 0.0
         return {"workers": self.workers, "measured": self.measured, "busy_s": round(self.busy, 4),
-                "span_s": round(self.span, 4), "utilisation": round(self.fraction, 4)}
+                "span_s": round(self.span, 4), "utilisation": round(self.fraction, 4),
+                "waited_for_policy_s": round(self.policy_wait, 4), "waited_for_policy": round(waited, 4)}
 
 
 class Executor(Protocol):
