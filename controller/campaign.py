@@ -492,7 +492,9 @@ class Campaign:
                 proposer.close()
             if executor is not None:
                 executor.utilisation.waiting_for_policy(time.time(), 0)
-                self._workers = {**executor.utilisation.to_json(), "lookahead": cfg.executor.lookahead}
+                seconds, points = self.__dict__.pop("_pace", [0.0, 0])
+                self._workers = {**executor.utilisation.to_json(), "lookahead": cfg.executor.lookahead,
+                                 "policy_s_per_point": round(seconds / points, 4) if points else None}
                 self._wind_down(executor, history, pending, graceful=clean and not self._abandon.is_set())
             self._save_elapsed(t0)
             for sig, h in old_handlers.items():
@@ -543,7 +545,7 @@ class Campaign:
             if error is not None:
                 props = self._policy_failed(error, snap, n, snap_pending)
             else:
-                self._notify("proposal", n=len(props), duration=seconds)
+                self._paced(len(props), seconds)
             for prop in props:
                 prop.reason["computed_ahead"] = {"history": len(snap), "pending": len(snap_pending)}
             ready.extend(props)
@@ -643,10 +645,17 @@ class Campaign:
         t0 = time.perf_counter()
         try:
             props = self.policy.propose(history, n, pending)
-            self._notify("proposal", n=len(props), duration=time.perf_counter() - t0)
+            self._paced(len(props), time.perf_counter() - t0)
             return props
         except Exception as exc:  # noqa: BLE001 - a policy failure must not end a campaign
             return self._policy_failed(exc, history, n, pending)
+
+    def _paced(self, n: int, seconds: float) -> None:
+        """Tell observers of a proposal, and count its time for the policy's pace (seconds per point)."""
+        self._notify("proposal", n=n, duration=seconds)
+        pace = self.__dict__.setdefault("_pace", [0.0, 0])
+        pace[0] += seconds
+        pace[1] += n
 
     def _policy_failed(self, exc: Exception, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """A policy that raised: strict, no proposal and run() raises; else Sobol points marked as a fallback."""

@@ -305,13 +305,19 @@ POLICY_WAIT_HINT = 0.05
 
 
 def workers_line(workers: dict[str, Any]) -> str:
-    """'8 busy 90.7% of 4.4 s; 1.2 worker-s (3.4%) waiting for the policy', with a hint when that is large."""
+    """'8 busy 90.7% of 4.4 s; 1.2 worker-s (3.4%) waiting for the policy', and above POLICY_WAIT_HINT what would
+    help: more lookahead when the policy can keep pace on average, else nothing but a faster policy or fewer workers."""
     line = (f"{workers['workers']} busy {workers['utilisation']:.1%} of {workers['span_s']:.1f} s; "
             f"{workers['waited_for_policy_s']:.1f} worker-s ({workers['waited_for_policy']:.1%}) waiting for the policy")
-    if workers["waited_for_policy"] > POLICY_WAIT_HINT:
-        line += (f"; a larger executor.lookahead (now {workers['lookahead']}) lets the policy work further ahead "
-                 "(staler proposals: benchmarks/README.md, Ray scaling)")
-    return line
+    if workers["waited_for_policy"] <= POLICY_WAIT_HINT:
+        return line
+    pace = workers.get("policy_s_per_point")
+    per_trial = workers["busy_s"] / workers["measured"] if workers["measured"] else 0.0
+    if pace and per_trial < workers["workers"] * pace:
+        return line + (f"; the policy makes a point in {pace * 1000:.3g} ms and the workers use one every "
+                       f"{per_trial / workers['workers'] * 1000:.3g} ms: the policy sets the pace (fewer workers would do as much)")
+    return line + (f"; a larger executor.lookahead (now {workers['lookahead']}) lets the policy work further ahead "
+                   "(staler proposals: benchmarks/README.md, Ray scaling)")
 
 
 def _print_summary(summary, campaign, console=None) -> None:

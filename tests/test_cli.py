@@ -189,12 +189,13 @@ def test_multi_objective_summary_shows_the_pareto_table():
     assert len(rows) == 2 and "7" in rows[0] and "3" in rows[1]  # best first objective first
 
 
-@pytest.mark.parametrize("waited, hint", [(0.12, True), (0.01, False)])
-def test_summary_says_how_long_the_workers_waited_for_the_policy_and_suggests_lookahead_when_long(waited, hint):
+@pytest.mark.parametrize("waited, pace, hint", [(0.12, 0.05, "lookahead"), (0.01, 0.05, None), (0.9, 0.2, "pace")])
+def test_summary_says_how_long_the_workers_waited_for_the_policy_and_what_would_help(waited, pace, hint):
     from rich.console import Console
 
-    workers = {"workers": 8, "measured": 64, "busy_s": 29.0, "span_s": 4.4, "utilisation": 0.82,
-               "waited_for_policy_s": waited * 8 * 4.4, "waited_for_policy": waited, "lookahead": 8}
+    workers = {"workers": 8, "measured": 64, "busy_s": 32.0, "span_s": 4.4, "utilisation": 0.82,
+               "waited_for_policy_s": waited * 8 * 4.4, "waited_for_policy": waited, "lookahead": 8,
+               "policy_s_per_point": pace}
     summary = SimpleNamespace(name="w", stopped="budget reached", completed=64, failed=0, best=None, pareto=[],
                               hypervolume=None, fallbacks={"count": 0, "reasons": []}, store="s.db", figures=[],
                               library_warnings=0, workers=workers)
@@ -202,7 +203,9 @@ def test_summary_says_how_long_the_workers_waited_for_the_policy_and_suggests_lo
     _print_summary(summary, SimpleNamespace(objectives=[SimpleNamespace(metric="y")]), console)
     text = console.file.getvalue()
     assert f"8 busy 82.0% of 4.4 s; {waited * 8 * 4.4:.1f} worker-s ({waited:.1%}) waiting for the policy" in text
-    assert ("a larger executor.lookahead (now 8)" in text) is hint
+    # 0.5 s a measurement on 8 workers: one needed every 62.5 ms; a policy at 50 ms a point keeps pace on average
+    assert ("a larger executor.lookahead (now 8)" in text) is (hint == "lookahead")
+    assert ("the policy makes a point in 200 ms and the workers use one every 62.5 ms" in text) is (hint == "pace")
 
 
 # 7. errors, never tracebacks ---------------------------------------------------------------------
