@@ -87,6 +87,8 @@ class Campaign:
         self.backoff: Callable[[int], float] = lambda attempt: 0.0
         self._operator_ids: set[int] = set()
         self._not_before: dict[int, float] = {}
+        self._pace = [0.0, 0]  # seconds the policy took and points it made in this run (the workers' summary row)
+        self._workers: dict[str, Any] | None = None  # the last run's worker utilisation (CampaignSummary.workers)
         try:
             self._setup()
         except BaseException:
@@ -380,6 +382,7 @@ class Campaign:
 
     def run(self) -> CampaignSummary:
         t0 = time.time()
+        self._pace = [0.0, 0]
         self._apply_requests([])
         cfg, budget = self.config, self.config.budget
         total = budget.trials
@@ -492,7 +495,7 @@ class Campaign:
                 proposer.close()
             if executor is not None:
                 executor.utilisation.waiting_for_policy(time.time(), 0)
-                seconds, points = self.__dict__.pop("_pace", [0.0, 0])
+                seconds, points = self._pace
                 self._workers = {**executor.utilisation.to_json(), "lookahead": cfg.executor.lookahead,
                                  "policy_s_per_point": round(seconds / points, 4) if points else None}
                 self._wind_down(executor, history, pending, graceful=clean and not self._abandon.is_set())
@@ -653,9 +656,8 @@ class Campaign:
     def _paced(self, n: int, seconds: float) -> None:
         """Tell observers of a proposal, and count its time for the policy's pace (seconds per point)."""
         self._notify("proposal", n=n, duration=seconds)
-        pace = self.__dict__.setdefault("_pace", [0.0, 0])
-        pace[0] += seconds
-        pace[1] += n
+        self._pace[0] += seconds
+        self._pace[1] += n
 
     def _policy_failed(self, exc: Exception, history: History, n: int, pending: list[Proposal]) -> list[Proposal]:
         """A policy that raised: strict, no proposal and run() raises; else Sobol points marked as a fallback."""
@@ -897,7 +899,7 @@ class Campaign:
             completed=sum(r.status == "completed" for r in records),
             failed=sum(r.status == "failed" for r in records), stopped=stopped, elapsed=elapsed,
             fallbacks=self._fallback_tally(records).to_json(), degraded=self.degradations(),
-            workers=getattr(self, "_workers", None),
+            workers=self._workers,
         )
         if len(self.objectives) == 1:
             best = best_trial(records, self.objectives[0], self.constraints)

@@ -203,3 +203,19 @@ def test_a_campaign_runs_on_ray_workers(write_campaign, workdir: Path):
         ray.shutdown()
     assert summary.completed == 6
     assert {r.worker for r in c.store.trials()} <= {"ray-0", "ray-1"}
+
+
+def test_policy_wait_counts_free_workers_times_the_time_they_wait_and_nothing_before_the_first_submit():
+    from controller.executors.base import Utilisation
+
+    u = Utilisation(workers=4)
+    u.waiting_for_policy(100.0, 4)  # before any trial: the start-up is not the workers' time (nor is it in the span)
+    u.submitted(101.0)
+    u.waiting_for_policy(102.0, 2)  # 4 free for the second since the first submit
+    u.waiting_for_policy(104.5, 0)  # then 2 free for 2.5 s
+    u.finished(101.0, 105.0, 106.0)
+    u.waiting_for_policy(106.0, 3)
+    u.waiting_for_policy(106.5, 0)
+    assert u.policy_wait == 4 * 1.0 + 2 * 2.5 + 3 * 0.5
+    record = u.to_json()
+    assert record["waited_for_policy_s"] == 10.5 and record["waited_for_policy"] == round(10.5 / (4 * 5.0), 4)

@@ -76,7 +76,8 @@ class Utilisation:
     """Time the workers spent measuring over workers x the span from the first submit to the last result.
 
     1 - `fraction` is the workers' idle fraction: waiting for the policy, for the controller, or for Ray.
-    `policy_wait` is the part the campaign saw: worker-seconds a worker was free with nothing to measure.
+    `policy_wait` is the part the campaign saw: worker-seconds a worker was free with nothing to measure
+    (counted from the first submit, as the span).
     """
 
     workers: int
@@ -90,8 +91,8 @@ class Utilisation:
 
     def waiting_for_policy(self, now: float, idle: int) -> None:
         """From `now` on, `idle` free workers have nothing to measure until the policy answers (0: none)."""
-        if self._since is not None:
-            self.policy_wait += self._idle * max(0.0, now - self._since)
+        if self._since is not None and self.first is not None:
+            self.policy_wait += self._idle * max(0.0, now - max(self._since, self.first))
         self._idle, self._since = idle, now
 
     def submitted(self, t: float) -> None:
