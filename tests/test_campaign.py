@@ -257,10 +257,10 @@ def test_with_several_workers_results_are_collected_and_workers_refilled_while_a
     # ahead: with the policy on the loop's thread nothing completes or starts until the proposal returns.
     assert sum(e == "completed" for e, _ in during) >= 2, during
     assert sum(e == "started" for e, _ in during) >= 1, during
-    # The 8 queued proposals and the 4 running trials last at most 3 x 0.2 s of the 3 s stall: for the rest (at
-    # least 2.4 s) all 4 workers are free with nothing to measure, and the summary counts it.
+    # The 8 queued proposals and the 4 running trials take three 0.2 s rounds of the 3 s stall (10.5 worker-s of
+    # waiting measured here); on a machine slow enough to stretch each round to 0.6 s, all 4 workers still wait 1 s
     waited = summary.workers["waited_for_policy_s"]
-    assert 4 * 2.4 * 0.8 <= waited <= 4 * summary.workers["span_s"], summary.workers
+    assert 4 * 1.0 <= waited <= 4 * summary.workers["span_s"], summary.workers
     assert summary.workers["lookahead"] == 8 and summary.workers["measured"] == 24
     # every trial was journaled 'proposed' before its attempt started (the journal's order)
     c2 = Store(path.parent / "bg.db")
