@@ -382,7 +382,7 @@ class Campaign:
 
     def run(self) -> CampaignSummary:
         t0 = time.time()
-        self._pace = [0.0, 0]
+        self._pace, self._workers = [0.0, 0], None
         self._apply_requests([])
         cfg, budget = self.config, self.config.budget
         total = budget.trials

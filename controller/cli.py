@@ -301,7 +301,7 @@ def _warn_fallbacks(fallbacks: dict[str, Any], trials: int, store: str) -> None:
 
 
 POLICY_WAIT_HINT = 0.05
-"""Above this fraction of the workers' time spent waiting for proposals, the summary suggests more lookahead."""
+"""Above this fraction of the workers' time spent waiting for proposals, the summary says what would help."""
 
 
 def workers_line(workers: dict[str, Any]) -> str:
