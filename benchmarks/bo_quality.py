@@ -76,6 +76,8 @@ VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "botorch-r12": ("botorch", lambda d: {"num_restarts": 12, "raw_samples": 512, "maxiter": 100, "acq_ftol": 1e-6}),
     "botorch-r20loose": ("botorch", lambda d: {"num_restarts": 20, "raw_samples": 1024, "maxiter": 100, "acq_ftol": 1e-6}),
     "botorch-tight": ("botorch", lambda d: {"maxiter": 200, "acq_ftol": None}),  # restarts run to scipy's tolerance, as Ax's
+    "botorch-pool": ("botorch", lambda d: {"lengthscale_pooling": 0.5}),  # log length scales pooled towards their mean
+    "botorch-ard": ("botorch", lambda d: {"lengthscale_pooling": None}),  # BoTorch's independent ARD prior
 }
 
 

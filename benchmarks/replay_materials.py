@@ -29,6 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 POLICIES = ["random", "sobol", "botorch", "ax"]
 GP_BASELINES = {"gp-iso-lcb2": False, "gp-ard-lcb2": True}  # name -> ARD
+# --policies may also name these variants of aec's botorch policy
+VARIANTS = {
+    "botorch-ard": {"kind": "botorch", "name": "botorch-ard", "lengthscale_pooling": None},  # BoTorch's independent ARD prior
+    "botorch-pool1": {"kind": "botorch", "name": "botorch-pool1", "lengthscale_pooling": 1.0},
+}
 
 
 # simulators: (rows, inputs) like the paper's data sets; outputs with noise, goal as in the paper ----------
@@ -151,6 +156,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "results" / "replay_materials.json"))
     ap.add_argument("--figure", default=str(ROOT / "replay_materials.png"), help="PNG of the Top%% curves")
     ap.add_argument("--show", metavar="JSON", help="print the table of a results file and draw its figure; run nothing")
+    ap.add_argument("--reuse-baselines", metavar="JSON", help="take the GP baselines' per-seed runs from an earlier "
+                    "results file of the same seeds and budget (they are deterministic per seed) instead of rerunning them")
     args = ap.parse_args()
     if args.show:
         record = json.loads(Path(args.show).read_text())
@@ -160,7 +167,9 @@ def main() -> None:
     from controller.replay import metrics as M
     from controller.replay import replay
     from controller.replay.datasets import load_dataset
+    from controller.replay.plan import make_plan
     from controller.replay.spec import parse_spec
+    from controller.replay.summary import run_trace
 
     out = Path(args.out)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -171,31 +180,43 @@ def main() -> None:
         specs.append({"file": str(path), "name": name, "inputs": inputs, "objectives": [{"metric": "y", "goal": goal}]})
         d = load_dataset(path, inputs, ["y"], name=name)
         pools[name] = (d.X, d.Y["y"], goal == "maximize")
-    spec = parse_spec({"name": "materials", "datasets": specs, "policies": args.policies.split(","),
+    policies = [VARIANTS.get(p, p) for p in args.policies.split(",") if p]
+    spec = parse_spec({"name": "materials", "datasets": specs, "policies": policies,
                        "seeds": args.seeds, "budget": args.budget, "initial": 2, "top": 0.05}, "replay_materials")
     t0 = time.time()
     _, results = replay(spec, out / "replay", workers=args.workers)
     aec_seconds = time.time() - t0
+    picks_of = {(run.problem, run.policy, run.seed): (run_trace(run) or {}).get("picks")
+                for run in make_plan(spec, out / "replay", Path(".")).runs}
     jobs = [(name, X, -y if maximize else y, ard, seed, min(args.budget, len(X)), 2)
             for name, (X, y, maximize) in pools.items() for ard in (False, True) for seed in range(args.seeds)]
     t1 = time.time()
-    with ProcessPoolExecutor(args.workers) as pool:
-        gp_runs = list(pool.map(gp_lcb_run, [(f"{n}|{'gp-ard-lcb2' if a else 'gp-iso-lcb2'}", X, y, a, s, b, i)
-                                             for n, X, y, a, s, b, i in jobs]))
+    gp_runs = _reused_baselines(args.reuse_baselines, args.seeds, args.budget, names)
+    if gp_runs is None:
+        with ProcessPoolExecutor(args.workers) as pool:
+            gp_runs = list(pool.map(gp_lcb_run, [(f"{n}|{'gp-ard-lcb2' if a else 'gp-iso-lcb2'}", X, y, a, s, b, i)
+                                                 for n, X, y, a, s, b, i in jobs]))
     table = {}
     for name in names:
         prob = results["problems"][name]
         X, y, maximize = pools[name]
         top = M.top_set(y, 0.05, maximize)
         rows = {pol: _row(r) for pol, r in prob["policies"].items()}
+        for pol, row in rows.items():
+            seed_picks = [picks_of.get((name, pol, seed)) for seed in range(args.seeds)]
+            if all(p is not None for p in seed_picks):
+                row["mean_top_per_seed"] = [float(np.mean(M.top_fraction(p, top))) for p in seed_picks]
         for label in GP_BASELINES:
-            runs = [(picks, sec) for key, _, picks, sec in gp_runs if key == f"{name}|{label}"]
-            curve = np.mean([M.top_fraction(p, top) for p, _ in runs], axis=0)
+            runs = [(picks, sec, seed) for key, seed, picks, sec in gp_runs if key == f"{name}|{label}"]
+            curves = [M.top_fraction(p, top) for p, _, _ in runs]
+            curve = np.mean(curves, axis=0)
             ef = M.enhancement_factor(curve, len(y))
             af = M.acceleration_factor(curve, len(y), len(top))
             rows[label] = {"top_fraction_mean": curve.tolist(), "top_at_budget": float(curve[-1]),
                            "ef_at_budget": float(ef[-1]), "af": af, "af_at_half": _af_at(af, 0.5),
-                           "seconds_per_decision_median": float(np.median([s for _, s in runs]))}
+                           "seconds_per_decision_median": float(np.median([s for _, s, _ in runs])),
+                           "mean_top_per_seed": [float(np.mean(c)) for c in curves],
+                           "picks_per_seed": {str(seed): picks for picks, _, seed in runs}}
         table[name] = {"rows": len(y), "inputs": X.shape[1], "top_count": len(top), "budget": prob["budget"],
                        "policies": rows}
     record = {"seeds": args.seeds, "budget": args.budget, "datasets": table, "aec_replay_seconds": round(aec_seconds, 1),
@@ -205,6 +226,42 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(record, indent=1))
     _print(record)
     _figure(record, Path(args.figure))
+
+
+def _reused_baselines(path: str | None, seeds: int, budget: int, names: list[str]) -> list | None:
+    """gp_lcb_run's results (key, seed, picks, seconds) read back from an earlier record, or None to run them."""
+    if not path:
+        return None
+    record = json.loads(Path(path).read_text())
+    if record["seeds"] != seeds or record["budget"] != budget:
+        raise SystemExit(f"{path}: made with {record['seeds']} seeds and budget {record['budget']}, not {seeds} and {budget}")
+    out = []
+    for name in names:
+        for label in GP_BASELINES:
+            row = record["datasets"][name]["policies"][label]
+            if "picks_per_seed" not in row:
+                raise SystemExit(f"{path}: {name} {label} has no per-seed picks (made before they were recorded)")
+            sec = row["seconds_per_decision_median"]
+            out += [(f"{name}|{label}", int(seed), picks, sec) for seed, picks in row["picks_per_seed"].items()]
+    return out
+
+
+def differences(record: dict, policy: str) -> dict[str, dict[str, dict[str, float]]]:
+    """Per data set, `policy`'s mean Top% over the budget minus each other policy's: the difference of the means over
+    seeds and twice its standard error (the seeds of the two policies taken as independent samples)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, d in record["datasets"].items():
+        ours = d["policies"].get(policy, {}).get("mean_top_per_seed")
+        if not ours:
+            continue
+        for other, r in d["policies"].items():
+            theirs = r.get("mean_top_per_seed")
+            if other == policy or not theirs or len(theirs) < 2:
+                continue
+            a, b = np.asarray(ours), np.asarray(theirs)
+            se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+            out.setdefault(name, {})[other] = {"difference": float(a.mean() - b.mean()), "two_se": 2 * se}
+    return out
 
 
 def _row(r: dict) -> dict:
@@ -232,6 +289,11 @@ def _print(record: dict) -> None:
             sec = r["seconds_per_decision_median"]
             print(f"{name:15s} {pol:12s} {r['top_at_budget']:11.3f} {r['ef_at_budget']:9.2f} {af:>7s} {full!s:>8s} "
                   f"{np.mean(r['top_fraction_mean']):9.3f} {'-' if sec is None else f'{sec:.3f}':>10s}")
+    diffs = differences(record, "botorch")
+    if diffs:
+        print("\nbotorch's mean Top% minus each other policy's (+- 2 standard errors over seeds)")
+        for name, d in diffs.items():
+            print(f"{name:15s} " + "  ".join(f"{other} {v['difference']:+.3f} +- {v['two_se']:.3f}" for other, v in d.items()))
 
 
 def _figure(record: dict, path: Path) -> None:

@@ -59,6 +59,18 @@ def test_options_accept_the_campaign_file_keys_and_reject_unknown_ones():
         validate_options("botorch", {"device": "tpu"})
 
 
+@pytest.mark.parametrize("pooling,prior", [({}, "PooledLogNormalPrior"), ({"lengthscale_pooling": None}, "LogNormalPrior")])
+def test_length_scales_are_pooled_by_default_and_the_option_restores_botorchs_prior(pooling, prior):
+    pol = policy(cube(3), **pooling)
+    H = history(np.random.default_rng(0).random((12, 3)), quadratic)
+    fitted = fit_model(pol._training_data(H), np.array([0]), pol.model_settings)
+    assert type(fitted.model.covar_module.lengthscale_prior).__name__ == prior
+    if prior == "PooledLogNormalPrior":
+        assert fitted.model.covar_module.lengthscale_prior.pool_sd == 0.5
+    with pytest.raises(PolicyConfigError, match="lengthscale_pooling"):
+        validate_options("botorch", {"lengthscale_pooling": 0})
+
+
 def test_fits_of_several_metrics_stay_cold_until_the_fit_subset_is_full():
     one = policy(cube(2))
     two = policy(cube(2), objectives=[Objective("f0"), Objective("f1")])

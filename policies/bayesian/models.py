@@ -34,6 +34,7 @@ from scipy.spatial.distance import cdist
 
 from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp
 from policies.bayesian.posterior import MAX_CHOLESKY, marginal_posterior
+from policies.bayesian.priors import LENGTHSCALE_POOLING, pool_lengthscales
 
 __all__ = [
     "FittedModel", "HyperparameterCache", "ModelFitError", "ModelSettings", "TrainingData",
@@ -75,6 +76,7 @@ class ModelSettings:
     cat_dims: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float64
     fast_paths: bool = True  # mll_fit for BoTorch's default GPs (False: always fit_gpytorch_mll)
+    lengthscale_pooling: float | None = LENGTHSCALE_POOLING  # sd of log length scales about their mean (priors.py); None: BoTorch's
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -144,9 +146,13 @@ def select_subset(X: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
 
 
 def single_gp(
-    X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None, cat_dims: tuple[int, ...], scale: Standardize | None = None
+    X: torch.Tensor, Y: torch.Tensor, Yvar: torch.Tensor | None, cat_dims: tuple[int, ...], scale: Standardize | None = None,
+    pooling: float | None = None,
 ) -> Model:
     """One GP over m outputs that share the inputs X (n x d); Y (n x m), Yvar (n x m) or None.
+
+    pooling: pool the ARD length scales' logs towards their mean with this sd (priors.py; continuous
+    spaces only: a mixed space keeps MixedSingleTaskGP's own kernel).
 
     scale: an outcome transform whose fixed statistics standardise Y (a copy, attached after
     construction: BoTorch's models put a transform given to them in train mode, refitting it to Y);
@@ -168,6 +174,8 @@ def single_gp(
             model = MixedSingleTaskGP(X, Y, cat_dims=list(cat_dims), train_Yvar=Yvar, outcome_transform=outcome)
         else:
             model = SingleTaskGP(X, Y, train_Yvar=Yvar, outcome_transform=outcome)
+            if pooling is not None:
+                pool_lengthscales(model.covar_module, pooling)
     if fixed is not None:
         model.outcome_transform = fixed
     return model
@@ -188,12 +196,14 @@ def build_model(
     if Yvar is not None:
         Yvar = np.maximum(Yvar, 1e-6 * np.nanvar(Y, axis=0, keepdims=True) + 1e-12)
     if finite.all():
-        return single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims, scales[0] if scales else None)
+        return single_gp(t(X), t(Y), None if Yvar is None else t(Yvar), settings.cat_dims, scales[0] if scales else None,
+                         settings.lengthscale_pooling)
     models = []
     for j in range(Y.shape[1]):
         ok = finite[:, j]
         yv = None if Yvar is None else t(Yvar[ok, j : j + 1])
-        models.append(single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims, scales[j] if scales else None))
+        models.append(single_gp(t(X[ok]), t(Y[ok, j : j + 1]), yv, settings.cat_dims, scales[j] if scales else None,
+                                settings.lengthscale_pooling))
     return ModelListGP(*models)
 
 

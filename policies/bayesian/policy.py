@@ -29,6 +29,7 @@ from threadpoolctl import ThreadpoolController
 from policies.base import History, PolicyFallbackError, Problem, Proposal, strict_mode
 from policies.baselines import SobolPolicy
 from policies.bayesian import fast_paths, fused_kernel
+from policies.bayesian.priors import LENGTHSCALE_POOLING
 from policies.bayesian.acquisition import AcquisitionBuilder, Outcomes
 from policies.bayesian.models import (
     FittedModel,
@@ -117,6 +118,11 @@ class BotorchOptions(BaseModel):
         "standardises outcomes before BoTorch sees them), so that BoTorch's fixed smoothing temperatures mean the same "
         "for every objective and the choice of units (g or kg) changes nothing (measured: at least as good as metric "
         "units on VehicleSafety, DTLZ2 and BraninCurrin over 20 seeds; benchmarks/README.md)",
+    )
+    lengthscale_pooling: float | None = Field(
+        LENGTHSCALE_POOLING, gt=0, description="sd of the GP's log length scales about their mean (a Gaussian prior on each "
+        "deviation, on top of BoTorch's LogNormal): near-isotropic with few points, ARD once the data shows the "
+        "dimensions differ (benchmarks/README.md); null: BoTorch's independent ARD prior. Continuous spaces only",
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
@@ -243,7 +249,7 @@ class BotorchPolicy:
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
             cat_dims=tuple(i for i, c in enumerate(self.space.categorical) if c),
             dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
-            fast_paths=self.fast_paths,
+            fast_paths=self.fast_paths, lengthscale_pooling=opts.lengthscale_pooling,
         )
         self.search_settings = SearchSettings(
             num_restarts=opts.num_restarts or (MULTI_RESTARTS if self.outcomes.multi else SINGLE_RESTARTS),
