@@ -59,10 +59,14 @@ def test_options_accept_the_campaign_file_keys_and_reject_unknown_ones():
         validate_options("botorch", {"device": "tpu"})
 
 
-@pytest.mark.parametrize("pooling,prior", [({}, "PooledLogNormalPrior"), ({"lengthscale_pooling": None}, "LogNormalPrior")])
-def test_length_scales_are_pooled_by_default_and_the_option_restores_botorchs_prior(pooling, prior):
-    pol = policy(cube(3), **pooling)
-    H = history(np.random.default_rng(0).random((12, 3)), quadratic)
+@pytest.mark.parametrize("metrics,pooling,prior", [
+    (1, {}, "PooledLogNormalPrior"), (1, {"lengthscale_pooling": None}, "LogNormalPrior"),
+    (2, {}, "LogNormalPrior"), (2, {"lengthscale_pooling": 0.5}, "PooledLogNormalPrior"),
+])
+def test_length_scales_are_pooled_with_one_metric_by_default_and_the_option_decides(metrics, pooling, prior):
+    objectives = [Objective("y"), Objective("z")][:metrics]
+    pol = policy(cube(3), objectives=objectives, **pooling)
+    H = history(np.random.default_rng(0).random((12, 3)), lambda x: {"y": float(x.sum()), "z": float(x[0] - x[1])})
     fitted = fit_model(pol._training_data(H), np.array([0]), pol.model_settings)
     assert type(fitted.model.covar_module.lengthscale_prior).__name__ == prior
     if prior == "PooledLogNormalPrior":
@@ -202,7 +206,10 @@ def test_discrete_and_categorical_dimensions_are_snapped_and_use_a_mixed_model()
     for p in props:
         np.testing.assert_allclose(p.x, space.snap(p.x))
     assert props[0].reason["model"]["kind"] == "MixedSingleTaskGP"
+    assert props[0].reason["model"]["lengthscale_pooling"] is None  # auto: MixedSingleTaskGP keeps its kernel
     assert props[0].reason["search"] == "mixed"
+    with pytest.raises(ValueError, match="lengthscale_pooling applies to continuous spaces"):
+        policy(space, lengthscale_pooling=0.5)
 
 
 def test_a_fully_discrete_space_never_repeats_a_measured_or_pending_point():

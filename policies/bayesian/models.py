@@ -34,7 +34,7 @@ from scipy.spatial.distance import cdist
 
 from policies.bayesian.mll_fit import exact_gp_parts, fit_exact_gp
 from policies.bayesian.posterior import MAX_CHOLESKY, marginal_posterior
-from policies.bayesian.priors import LENGTHSCALE_POOLING, pool_lengthscales
+from policies.bayesian.priors import pool_lengthscales
 
 __all__ = [
     "FittedModel", "HyperparameterCache", "ModelFitError", "ModelSettings", "TrainingData",
@@ -76,7 +76,7 @@ class ModelSettings:
     cat_dims: tuple[int, ...] = ()
     dtype: torch.dtype = torch.float64
     fast_paths: bool = True  # mll_fit for BoTorch's default GPs (False: always fit_gpytorch_mll)
-    lengthscale_pooling: float | None = LENGTHSCALE_POOLING  # sd of log length scales about their mean (priors.py); None: BoTorch's
+    lengthscale_pooling: float | None = None  # sd of log length scales about their mean (priors.py); None: BoTorch's prior
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 

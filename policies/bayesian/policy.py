@@ -119,10 +119,11 @@ class BotorchOptions(BaseModel):
         "for every objective and the choice of units (g or kg) changes nothing (measured: at least as good as metric "
         "units on VehicleSafety, DTLZ2 and BraninCurrin over 20 seeds; benchmarks/README.md)",
     )
-    lengthscale_pooling: float | None = Field(
-        LENGTHSCALE_POOLING, gt=0, description="sd of the GP's log length scales about their mean (a Gaussian prior on each "
-        "deviation, on top of BoTorch's LogNormal): near-isotropic with few points, ARD once the data shows the "
-        "dimensions differ (benchmarks/README.md); null: BoTorch's independent ARD prior. Continuous spaces only",
+    lengthscale_pooling: float | Literal["auto"] | None = Field(
+        "auto", description="sd of the GP's log length scales about their mean (a Gaussian prior on each deviation, "
+        "on top of BoTorch's LogNormal): near-isotropic with few points, ARD once the data shows the inputs differ; "
+        "null: BoTorch's independent ARD prior; auto: 0.5 with one modelled metric (better on the materials pools and "
+        "Hartmann6), null with several (pooled was worse on VehicleSafety; benchmarks/README.md). Continuous spaces only",
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
@@ -158,6 +159,15 @@ class BotorchOptions(BaseModel):
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"acq_ftol must be a positive number, 'auto' or null, got {v!r}")
+        return float(v)
+
+    @field_validator("lengthscale_pooling", mode="before")
+    @classmethod
+    def _lengthscale_pooling(cls, v: Any) -> Any:
+        if v is None or v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"lengthscale_pooling must be a positive number, 'auto' or null, got {v!r}")
         return float(v)
 
     @field_validator("device")
@@ -249,7 +259,7 @@ class BotorchPolicy:
             warm_start=opts.warm_start, warm_start_after=self._warm_start_after(), fit_maxiter=opts.fit_maxiter,
             cat_dims=tuple(i for i, c in enumerate(self.space.categorical) if c),
             dtype=torch.float64 if opts.dtype == "float64" else torch.float32, device=torch.device(device),
-            fast_paths=self.fast_paths, lengthscale_pooling=opts.lengthscale_pooling,
+            fast_paths=self.fast_paths, lengthscale_pooling=self._lengthscale_pooling(),
         )
         self.search_settings = SearchSettings(
             num_restarts=opts.num_restarts or (MULTI_RESTARTS if self.outcomes.multi else SINGLE_RESTARTS),
@@ -265,6 +275,16 @@ class BotorchPolicy:
             self.travel = TravelCost(problem.move_cost, opts.dwell)
         self._cache = HyperparameterCache()  # an optimisation only (warm starts)
         self._sobol = SobolPolicy(problem)
+
+    def _lengthscale_pooling(self) -> float | None:
+        """The sd the GPs pool their log length scales with; None: BoTorch's independent prior (and on mixed spaces)."""
+        pooling, mixed = self.options.lengthscale_pooling, any(self.space.categorical)
+        if pooling == "auto":
+            return LENGTHSCALE_POOLING if len(self.outcomes.metrics) == 1 and not mixed else None
+        if pooling is not None and mixed:
+            raise ValueError("lengthscale_pooling applies to continuous spaces; this one has choice parameters, whose "
+                             "MixedSingleTaskGP keeps its own kernel (use auto or null)")
+        return pooling
 
     def _warm_start_after(self) -> int:
         if self.options.warm_start_after is not None:
@@ -407,6 +427,7 @@ class BotorchPolicy:
         reason["model"] = {
             "kind": type(fitted.model).__name__, "n_train": len(fitted.rows), "n_fit": fitted.n_fit,
             "refit": fitted.refit, "warm_start": fitted.warm_started, "winsorized": data.clipped,
+            "lengthscale_pooling": self.model_settings.lengthscale_pooling,
         }
         ref_t = None
         if self.outcomes.multi:

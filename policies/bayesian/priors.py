@@ -16,8 +16,8 @@ from gpytorch.priors import LogNormalPrior
 
 __all__ = ["LENGTHSCALE_POOLING", "PooledLogNormalPrior", "pool_lengthscales"]
 
-# The default sd: of 0.3, 0.5 and 1.0 on the five materials pools (20 seeds), 0.5 was the one ahead of both GP
-# baselines on four (benchmarks/README.md)
+# The botorch policy's sd with one modelled metric: of 0.3, 0.5 and 1.0 on the five materials pools (20 seeds), 0.5
+# was the one ahead of both GP baselines on four (benchmarks/README.md)
 LENGTHSCALE_POOLING = 0.5
 
 
