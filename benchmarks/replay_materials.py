@@ -32,7 +32,6 @@ GP_BASELINES = {"gp-iso-lcb2": False, "gp-ard-lcb2": True}  # name -> ARD
 # --policies may also name these variants of aec's botorch policy
 VARIANTS = {
     "botorch-ard": {"kind": "botorch", "name": "botorch-ard", "lengthscale_pooling": None},  # BoTorch's independent ARD prior
-    "botorch-pool1": {"kind": "botorch", "name": "botorch-pool1", "lengthscale_pooling": 1.0},
 }
 
 
@@ -157,7 +156,7 @@ def main() -> None:
     ap.add_argument("--figure", default=str(ROOT / "replay_materials.png"), help="PNG of the Top%% curves")
     ap.add_argument("--show", metavar="JSON", help="print the table of a results file and draw its figure; run nothing")
     ap.add_argument("--reuse-baselines", metavar="JSON", help="take the GP baselines' per-seed runs from an earlier "
-                    "results file of the same seeds and budget (they are deterministic per seed) instead of rerunning them")
+                    "results file of the same seeds and budget (on one machine they are deterministic per seed) instead of rerunning them")
     args = ap.parse_args()
     if args.show:
         record = json.loads(Path(args.show).read_text())
