@@ -23,7 +23,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 from botorch.utils.sampling import manual_seed
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from threadpoolctl import ThreadpoolController
 
 from policies.base import History, PolicyFallbackError, Problem, Proposal, strict_mode
@@ -152,22 +152,13 @@ class BotorchOptions(BaseModel):
         "is per-call overhead; on a busy machine extra threads spin at barriers and run ~10x slower",
     )
 
-    @field_validator("acq_ftol", mode="before")
+    @field_validator("acq_ftol", "lengthscale_pooling", mode="before")
     @classmethod
-    def _acq_ftol(cls, v: Any) -> Any:
+    def _positive_auto_or_null(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None or v == "auto":
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"acq_ftol must be a positive number, 'auto' or null, got {v!r}")
-        return float(v)
-
-    @field_validator("lengthscale_pooling", mode="before")
-    @classmethod
-    def _lengthscale_pooling(cls, v: Any) -> Any:
-        if v is None or v == "auto":
-            return v
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"lengthscale_pooling must be a positive number, 'auto' or null, got {v!r}")
+            raise ValueError(f"{info.field_name} must be a positive number, 'auto' or null, got {v!r}")
         return float(v)
 
     @field_validator("device")
