@@ -57,6 +57,8 @@ def test_options_accept_the_campaign_file_keys_and_reject_unknown_ones():
         validate_options("botorch", {"acqusition": "ucb"})
     with pytest.raises(PolicyConfigError, match="device"):
         validate_options("botorch", {"device": "tpu"})
+    with pytest.raises(PolicyConfigError, match="lengthscale_pooling"):
+        validate_options("botorch", {"lengthscale_pooling": 0})
 
 
 @pytest.mark.parametrize("metrics,pooling,prior", [
@@ -71,8 +73,6 @@ def test_length_scales_are_pooled_with_one_metric_by_default_and_the_option_deci
     assert type(fitted.model.covar_module.lengthscale_prior).__name__ == prior
     if prior == "PooledLogNormalPrior":
         assert fitted.model.covar_module.lengthscale_prior.pool_sd == 0.5
-    with pytest.raises(PolicyConfigError, match="lengthscale_pooling"):
-        validate_options("botorch", {"lengthscale_pooling": 0})
 
 
 def test_fits_of_several_metrics_stay_cold_until_the_fit_subset_is_full():

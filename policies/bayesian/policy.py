@@ -123,7 +123,8 @@ class BotorchOptions(BaseModel):
         "auto", description="sd of the GP's log length scales about their mean (a Gaussian prior on each deviation, "
         "on top of BoTorch's LogNormal): near-isotropic with few points, ARD once the data shows the inputs differ; "
         "null: BoTorch's independent ARD prior; auto: 0.5 with one modelled metric (AutoAM's replay +0.087 "
-        "mean Top%, level elsewhere), null with several (pooled ended lower on 7 of 10 VehicleSafety seeds; benchmarks/README.md). Continuous spaces only",
+        "mean Top%, level elsewhere), null with several (pooled ended lower on 7 of 10 VehicleSafety seeds; "
+        "benchmarks/README.md). Continuous spaces only",
     )
     fixed_noise: bool = Field(True, description="use reported standard errors as fixed noise when every trial has them")
     avoid_failed: bool = Field(True, description="steer away from the settings of failed trials")
